@@ -1,0 +1,175 @@
+"""model.py: the KV-cached sampler against HF generate, masks, tool calls, finish reasons,
+continuation, stop-after-call, and self-correction on a scripted policy."""
+import torch
+
+import model
+
+
+class ScriptedLM(torch.nn.Module):
+    """A test double with the HF causal-LM interface whose next token follows a text script.
+
+    It stores token ids in the KV cache (as 1-d "keys"), so it sees exactly the context the sampler
+    keeps: rolled-back or padded columns are hidden by the attention mask as in a real model.
+    `policy(prompt, response, attempt)` returns the full response text the model intends to write
+    (the response so far is its prefix, except while tool output is being forced); `attempt` counts
+    rollbacks seen for that prompt."""
+
+    def __init__(self, tok, policy):
+        super().__init__()
+        self.tok, self.policy = tok, policy
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.attempt, self.last_len = {}, {}
+
+    @property
+    def device(self):
+        return self.dummy.device
+
+    def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True, logits_to_keep=0):
+        kv = input_ids[:, None, :, None].float()
+        keys, _ = past_key_values.update(kv, kv, 0)
+        ids, live = keys[:, 0, :, 0].long(), attention_mask.bool()
+        logits = torch.zeros(input_ids.size(0), 1, len(self.tok))
+        for b in range(ids.size(0)):
+            text = self.tok.decode(ids[b][live[b]].tolist())
+            prompt, _, response = text.partition("Assistant:\n")
+            prompt += "Assistant:\n"
+            n = int(live[b].sum())
+            if n < self.last_len.get(prompt, 0):   # the sampler rolled this row back
+                self.attempt[prompt] = self.attempt.get(prompt, 0) + 1
+            self.last_len[prompt] = n
+            intended = self.policy(prompt, response, self.attempt.get(prompt, 0))
+            # while the sampler feeds forced tool output the script is not consulted
+            rest = intended[len(response):] if intended.startswith(response) else ""
+            nxt = self.tok.encode(rest, add_special_tokens=False)[0] if rest else self.tok.eos_token_id
+            logits[b, 0, nxt] = 30.0
+        return type("Out", (), {"logits": logits})()
+
+
+def prompts_for(tok, problems):
+    return [model.encode_prompt(tok, p) for p in problems]
+
+
+def test_greedy_matches_hf_generate(tiny_dir, sandbox):
+    m, tok = model.load(tiny_dir)
+    problems = ["Solve 3*x + 1 = 7 for x.", "A farm sold 1, 2 and 3 eggs on three days. How many eggs did it sell in total?", "hi"]
+    prompts = prompts_for(tok, problems)
+    ours = model.rollout(m, tok, prompts, sandbox, max_new_tokens=24, temperature=0)
+    for p, r in zip(prompts, ours):  # one prompt at a time: no padding on the reference side
+        ref = m.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), do_sample=False,
+                         max_new_tokens=24, pad_token_id=tok.pad_token_id)[0, len(p):].tolist()
+        assert r.response_ids == ref[:len(r.response_ids)]
+        assert r.finish in ("length", "eos")
+
+
+def test_sampled_logprobs_equal_full_forward(tiny_dir, sandbox):
+    m, tok = model.load(tiny_dir)
+    prompts = prompts_for(tok, ["Solve 3*x + 1 = 7 for x.", "hi there"])
+    rs = model.rollout(m, tok, prompts, sandbox, n=2, max_new_tokens=16, temperature=0.7, seed=1)
+    for r in rs:
+        ids = torch.tensor([r.prompt_ids + r.response_ids])
+        lp = model.logprobs(m, ids, temperature=0.7)[0, len(r.prompt_ids):]
+        assert torch.allclose(lp, torch.tensor(r.logprobs), atol=1e-4)
+
+
+def test_first_token_differs_across_samples_and_seed_reproduces(tiny_dir, sandbox):
+    m, tok = model.load(tiny_dir)
+    prompt = prompts_for(tok, ["hi"])
+    a = model.rollout(m, tok, prompt, sandbox, n=16, max_new_tokens=4, temperature=1.0, seed=3)
+    assert len({r.response_ids[0] for r in a}) > 1   # each row samples its own first token
+    b = model.rollout(m, tok, prompt, sandbox, n=16, max_new_tokens=4, temperature=1.0, seed=3)
+    assert [r.response_ids for r in a] == [r.response_ids for r in b]
+
+
+def code_policy(codes, answer="\\boxed{42}"):
+    """Writes one code block per entry of `codes` (an attempt index picks the code), then answers."""
+    def policy(prompt, response, attempt):
+        code = codes[min(attempt, len(codes) - 1)]
+        text = "Let me compute.\n```python\n" + code + "\n```"
+        if response.startswith(text) and "```output" in response:
+            if "\n```\n" not in response[response.index("```output"):]:
+                return text  # tool output still being forced
+            obs_end = response.index("\n```\n", response.index("```output")) + len("\n```\n")
+            return response[:obs_end] + "So " + answer + "."
+        return text
+    return policy
+
+
+def test_tool_output_is_forced_with_mask_zero(tiny_dir, sandbox):
+    _, tok = model.load(tiny_dir)
+    m = ScriptedLM(tok, code_policy(["print(6*7)"]))
+    r = model.rollout(m, tok, prompts_for(tok, ["q1"]), sandbox, max_new_tokens=200, temperature=0)[0]
+    assert r.finish == "eos" and r.tool_calls == 1 and r.calls[0].ok
+    obs_ids = tok.encode(model.observation_text("42"), add_special_tokens=False)
+    end = r.calls[0].end
+    assert r.response_ids[end:end + len(obs_ids)] == obs_ids
+    assert r.mask[end:end + len(obs_ids)] == [0] * len(obs_ids)
+    assert all(r.mask[:end]) and all(r.mask[end + len(obs_ids):])
+    assert r.text.endswith("So \\boxed{42}.<|endoftext|>")
+    assert "print(6*7)" == r.calls[0].code.strip()
+    assert tok.decode(r.response_ids[r.calls[0].start:r.calls[0].end]).startswith("```python")
+
+
+def test_failing_code_gets_error_observation(tiny_dir, sandbox):
+    _, tok = model.load(tiny_dir)
+    m = ScriptedLM(tok, code_policy(["print(1/0)"]))
+    r = model.rollout(m, tok, prompts_for(tok, ["q2"]), sandbox, max_new_tokens=200, temperature=0)[0]
+    assert r.tool_calls == 1 and r.tool_errors == 1
+    assert "```output\nZeroDivisionError: division by zero\n```" in r.text
+
+
+def test_finish_reasons_length_and_tool_budget(tiny_dir, sandbox):
+    _, tok = model.load(tiny_dir)
+    m = ScriptedLM(tok, code_policy(["print(1)"]))
+    r = model.rollout(m, tok, prompts_for(tok, ["q3"]), sandbox, max_new_tokens=5, temperature=0)[0]
+    assert r.finish == "length" and len(r.response_ids) == 5
+    r = model.rollout(m, tok, prompts_for(tok, ["q4"]), sandbox, max_new_tokens=200, temperature=0, max_tool_calls=0)[0]
+    assert r.finish == "tool_budget" and r.tool_calls == 0
+
+
+def test_stop_after_call_and_prefix_continuation(tiny_dir, sandbox):
+    _, tok = model.load(tiny_dir)
+    m = ScriptedLM(tok, code_policy(["print(5)"]))
+    prefix = tok.encode("Let me ", add_special_tokens=False)
+    r = model.rollout(m, tok, prompts_for(tok, ["q5"]), sandbox, max_new_tokens=200, temperature=0,
+                      prefixes=[prefix], stop_after_call=True)[0]
+    assert r.finish == "stop_after_call" and r.tool_calls == 1 and r.calls[0].ok
+    assert r.response_ids[:len(prefix)] == prefix and r.mask[:len(prefix)] == [0] * len(prefix)
+    assert r.prefix_len == len(prefix) and all(r.mask[len(prefix):])
+    assert r.text.endswith("```") and "```output" not in r.text
+
+
+def test_self_correction_rolls_back_and_retries(tiny_dir, sandbox):
+    _, tok = model.load(tiny_dir)
+    # Row A fails once then succeeds; row B fails every time; row C never fails: rows are independent.
+    policies = {"qa": ["print(1/0)", "print(7)"], "qb": ["print(undefined)"], "qc": ["print(3)"]}
+    m = ScriptedLM(tok, lambda p, r, k: code_policy(next(v for q, v in policies.items() if q in p))(p, r, k))
+    rs = model.rollout(m, tok, prompts_for(tok, list(policies)), sandbox, max_new_tokens=300, temperature=0,
+                       n_corr=4, l_suf=3, max_tool_calls=10)
+    a, b, c = rs
+    assert a.corrections == 1 and a.tool_calls == 1 and a.calls[0].ok and "print(1/0)" not in a.text
+    # rollback point: the block plus the last l_suf=3 tokens of the reasoning before it
+    reasoning = tok.encode("Let me compute.\n", add_special_tokens=False)
+    assert a.attempts == [tok.decode(reasoning[-3:]) + "```python\nprint(1/0)\n```"]
+    assert a.text.startswith("Let me compute.\n```python\nprint(7)")
+    assert b.corrections == 4 and b.tool_calls == 1 and b.tool_errors == 1   # after N_corr, keep the failure
+    assert "NameError" in b.text and b.text.endswith("\\boxed{42}.<|endoftext|>")
+    assert c.corrections == 0 and c.tool_calls == 1 and c.calls[0].ok
+    # every attempt counts against the budget: with 2 calls allowed, one retry then the failure stays
+    m2 = ScriptedLM(tok, code_policy(["print(undefined)"]))
+    r = model.rollout(m2, tok, prompts_for(tok, ["qd"]), sandbox, max_new_tokens=300, temperature=0,
+                      n_corr=4, l_suf=3, max_tool_calls=2)[0]
+    assert r.corrections == 1 and r.tool_errors == 1
+
+
+def test_self_correction_at_the_very_start(tiny_dir, sandbox):
+    _, tok = model.load(tiny_dir)
+    def policy(prompt, response, attempt):
+        code = ["print(1/0)", "print(2)"][min(attempt, 1)]
+        text = "```python\n" + code + "\n```"
+        tail = response[response.find("```output"):]
+        if "```output" in response and "\n```\n" in tail:
+            return response[:response.index("\n```\n", response.index("```output")) + 5] + "\\boxed{2}"
+        return text
+    m = ScriptedLM(tok, policy)
+    r = model.rollout(m, tok, prompts_for(tok, ["qe"]), sandbox, max_new_tokens=100, temperature=0, n_corr=2, l_suf=50)[0]
+    assert r.corrections == 1 and r.text.startswith("```python\nprint(2)") and r.calls[0].ok
