@@ -210,9 +210,6 @@ def _run_cell(code, workdir, uid, cfg):
 def _cell(code, tmp, uid, out_w, err_w, cfg):
     parent = os.getppid()
     os.setsid()  # own session and process group: one killpg reaches everything it forks
-    _libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the worker died before PDEATHSIG was armed
-        return
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
@@ -229,6 +226,10 @@ def _cell(code, tmp, uid, out_w, err_w, cfg):
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
     _libc_call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid binaries grant nothing
+    # Die with the worker. Armed after the uid change, which would clear it.
+    _libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the worker died before it was armed
+        return
     os.environ.update(HOME=tmp, TMPDIR=tmp)
     tempfile.tempdir = tmp  # the worker's cached value would point elsewhere
     sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
@@ -309,9 +310,10 @@ def _kill_all(pid):
 class _Worker:
     def __init__(self, cfg, env):
         self.cfg, self.env = cfg, env
-        self.proc = self.conn = None
+        self.proc = self.conn = self.hello = None
 
     def spawn(self):
+        """Start the worker process; it warms up while the caller goes on (see ready)."""
         ours, theirs = socket.socketpair()
         with theirs:
             self.proc = subprocess.Popen(
@@ -319,30 +321,36 @@ class _Worker:
                  json.dumps(self.cfg)],
                 pass_fds=[theirs.fileno()], env=self.env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, start_new_session=True)  # no Ctrl-C from the terminal
-        self.conn = Connection(ours.detach())
+        self.conn, self.hello = Connection(ours.detach()), None
 
-    def wait_ready(self):
+    def ready(self):
+        """Wait for the hello the worker sends once its imports are done; return it."""
         try:
-            if self.conn.poll(STARTUP_S):
-                return self.conn.recv()
+            if self.hello is None and self.conn.poll(STARTUP_S):
+                self.hello = self.conn.recv()
         except EOFError:
             pass
-        self.kill()
-        raise RuntimeError("sandbox worker failed to start (its traceback, if any, is above)")
+        if self.hello is None:
+            self.kill()
+            raise RuntimeError("sandbox worker failed to start (its traceback, if any, is above)")
+        return self.hello
 
     def run(self, code, timeout_s):
-        if self.proc.poll() is not None:  # died since the last call: start a fresh one
-            self.kill()
-            self.spawn()
-            self.wait_ready()
+        if self.proc.poll() is not None:  # died since the last call
+            self.restart()
+        self.ready()
         try:
             self.conn.send(code)
             if self.conn.poll(timeout_s + BACKSTOP_S):
                 return self.conn.recv()
         except (EOFError, OSError):
             pass
-        self.kill()  # died (e.g. a non-root cell killed it) or hung: the next call restarts it
+        self.restart()  # it died (a non-root cell may kill it) or hung: replace it now
         return None
+
+    def restart(self):
+        self.kill()
+        self.spawn()
 
     def kill(self):
         self.conn.close()
@@ -358,7 +366,9 @@ class _Worker:
             self.kill()
 
 
-def _shutdown(workers, base):
+def _shutdown(workers, base, owner):
+    if os.getpid() != owner:  # a forked copy of the caller must not stop the caller's workers
+        return
     for w in workers:
         if w.proc is not None:
             w.stop()
@@ -382,10 +392,10 @@ class Sandbox:
         if "PYTHONPATH" in os.environ:  # where numpy/sympy may live
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         self._workers = [_Worker(cfg, env) for _ in range(workers)]
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers, base)
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers, base, os.getpid())
         for w in self._workers:  # start all, then wait: they import sympy in parallel
             w.spawn()
-        infos = [w.wait_ready() for w in self._workers]
+        infos = [w.ready() for w in self._workers]
         self.network_isolated = all(i["network_isolated"] for i in infos)
         if not self.network_isolated:
             warnings.warn("sandbox: could not create a network namespace; cells have network")
@@ -410,7 +420,7 @@ class Sandbox:
 
     def _result(self, reply, seconds):
         if reply is None:
-            return ExecResult(False, "", "SandboxError: the worker process died", False, seconds)
+            return ExecResult(False, "", "SandboxError: the worker died or hung and was restarted", False, seconds)
         stdout = reply["stdout"].decode("utf-8", errors="replace")
         stderr = reply["stderr"].decode("utf-8", errors="replace")
         status, error = reply["status"], None
@@ -418,8 +428,9 @@ class Sandbox:
             error = f"TimeoutError: execution timed out after {self.timeout_s:g} s"
         elif reply["overflow"]:
             error = f"OutputLimitError: output exceeded {self.output_kb} KB"
-        elif os.WIFSIGNALED(status):
-            error = f"Killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+        elif os.WIFSIGNALED(status):  # e.g. "Killed by signal 11: Segmentation fault"
+            sig = os.WTERMSIG(status)
+            error = f"Killed by signal {sig}: {signal.strsignal(sig)}"
         elif os.WEXITSTATUS(status) != 0:
             lines = [line for line in stderr.splitlines() if line.strip()]
             error = lines[-1].strip() if lines else f"Exited with status {os.WEXITSTATUS(status)}"
