@@ -1,0 +1,455 @@
+"""
+Answer extraction, answer equivalence, and THOR's two rewards (paper §4, digest §8).
+
+In:  a model response (str) or an extracted answer, and a gold answer (str; an int/float is read as text).
+Out: extract_answer(text) -> str | None       content of the last \\boxed{..}/\\fbox{..}, else a fallback
+     is_equiv(pred, gold) -> bool             never raises, never hangs
+     grade_many(pairs, workers) -> list[bool]  is_equiv over many pairs, symbolic work on all cores
+     episode_reward(response, gold) -> float   1.0 correct, 0.0 otherwise (episode-level RL, Eq. 4)
+     step_reward(exec_result) -> float         1.0 iff the code call succeeded (step-level RL, Eq. 6-8)
+
+is_equiv is a cascade, cheapest first; the first three steps run in-process, which is where
+almost all pairs are decided:
+  1. exact string match;
+  2. Hendrycks-style normalisation (\\left, \\dfrac, units, \\%, ^\\circ, \\text{}, "x =", 1,000,
+     spaces, trailing ".") then string match; text answers and multiple-choice letters stop here;
+  3. plain numbers (integers, decimals, fractions, 3.6e-10, 10^{-6}) compared as exact rationals;
+  4. symbolic equivalence by math-verify (LaTeX: surds, pi, sets, intervals, matrices, tuples) or by a
+     whitelisted sympy parse of Python syntax (sqrt(2)/2, x**2 + 1, oo, Rational(3, 4)), in a persistent
+     grader process with a deadline: an overrun kills the process and counts as "not equal".
+     math-verify's own timeouts use SIGALRM, which only works in the main thread, so they are off.
+
+Numeric policy (REL_TOL). Exactly written numbers must be exactly equal: 0.5 = 1/2 and 025 = 25, but
+2^{1009} != 2^{1009}+1. Where a decimal is involved a relative error of 1e-6 is allowed, so Python's
+0.3333333333333333 or 1.4142135623730951 match 1/3 or \\sqrt{2}, while hand-rounded 0.333, 1.414 or
+3.14 do not (MATH asks for exact answers, and a policy that may round would farm reward), and decimals
+are not re-rounded: 1.2968 != 1.3 (Minerva asks for the stated precision). math-verify's rule (round
+both to 6 decimal places) would call 3.61e-10 and 3.6e-10 equal, so it is replaced in the grader.
+"""
+
+import functools
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+
+REL_TOL = 1e-6      # relative tolerance whenever a decimal is compared (see the numeric policy above)
+TIMEOUT_S = 5.0     # deadline of one symbolic comparison in the grader process, seconds
+MAX_LEN = 1000      # longer answers are only ever matched exactly (the longest OlympiadBench gold is ~300)
+
+# -----------------------------------------------------------------------------
+# Extraction
+
+def extract_answer(text):
+    """Content of the last \\boxed{...} or \\fbox{...} (nested braces); None if it is unclosed.
+    Without a box: the Minerva "final answer is $...$" line, then "The answer is ...", else None."""
+    if not isinstance(text, str):
+        return None
+    boxes = list(re.finditer(r"\\(?:boxed|fbox)\s*", text))
+    if boxes:
+        i = boxes[-1].end()
+        if not text.startswith("{", i):  # "\boxed 5": up to the next $ or line end
+            return re.match(r"[^$\n]*", text[i:]).group().strip() or None
+        depth, j = 0, i
+        while j < len(text):
+            if text[j] == "\\":  # \{ \} and \\ neither open nor close the box
+                j += 2
+                continue
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                return text[i + 1:j].strip() or None
+            j += 1
+        return None  # cut off mid-answer; an earlier box is an intermediate result, not the answer
+    found = (re.findall(r"final answer is\s*\$(.+?)\$", text, re.I | re.S)
+             or re.findall(r"the answer is[:\s]*(.+?)(?:\.?\s*$|\.\s|\n)", text, re.I))
+    return (found[-1].strip().strip("$").strip() or None) if found else None
+
+
+# -----------------------------------------------------------------------------
+# Normalisation (after Hendrycks et al.'s MATH grader) and plain numbers
+
+_UNICODE = {"\u2212": "-", "\u03c0": "\\pi", "\u221e": "\\infty", "\u221a": "\\sqrt", "\u00d7": "\\times",
+            "\u22c5": "\\cdot", "\u00b7": "\\cdot", "\u00b0": "", "\u2264": "\\le", "\u2265": "\\ge"}
+_NUM = r"-?(?:\d+\.?\d*|\.\d+)"
+_MATH_WORD = r"(?!(?:pi|oo|ln|log|exp|sqrt|sin|cos|tan|sec|csc|cot)(?![a-zA-Z]))"
+_UNIT_TEXT = r"\\(?:text|mbox|mathrm|textrm)\{(?:\s+[a-zA-Z]|[a-zA-Z]{2})[a-zA-Z .]*\}(?:\^\{?[23]\}?)?"
+
+
+def normalize(s):
+    """Canonical string form of an answer; equal forms are equal answers (the converse need not hold)."""
+    s = "".join(_UNICODE.get(c, c) for c in s).replace("\n", " ").strip()
+    for _ in range(3):  # answer-wide wrappers: $..$, \(..\), \[..\], \boxed{..}
+        s = re.sub(r"^\$+(.*?)\$+$|^\\\((.*)\\\)$|^\\\[(.*)\\\]$|^\\boxed\{(.*)\}$",
+                   lambda m: next(g for g in m.groups() if g is not None), s, flags=re.S).strip()
+    s = re.sub(r"(?<!\\)\\!\s*", "", s)                                 # 10,\!080 -> 10,080
+    s = re.sub(r"\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])|\\displaystyle|(?<!\\)\\[,;: ]|\\q?quad|~", " ", s)
+    s = re.sub(r"\\[dt]frac", r"\\frac", s).replace("{,}", ",")
+    s = re.sub(r"\^\s*\{?\\circ\}?|\\circ|\\%|%|\\\$|\$", "", s)          # degrees, percent, dollars
+    s = re.sub(r"(?<=[\d}])\s*" + _UNIT_TEXT + r"\s*$", "", s)                # 10\text{ cm}^2 -> 10
+    s = re.sub(r"^(" + _NUM + r")\s+" + _MATH_WORD + r"[a-zA-Z]{2,}\.?(?:\s+[a-zA-Z]{2,})?(?:\^\{?[23]\}?)?$",
+               r"\1", s)                                                  # 10 cm -> 10
+    s = re.sub(r"\\(?:text|textbf|textrm|mathrm|mbox|mathbf)\{([^{}]*)\}", r"\1", s).strip()
+    s = re.sub(r"(?<![a-zA-Z\\])(?:infinity|inf)(?![a-zA-Z])", r"\\infty", s)
+    lhs = r"(^|,)\s*([a-zA-Z](?:_\{?\w+\}?)?(?:\([a-z]\))?)\s*(?:=(?![=<>])|\\in(?![a-zA-Z]))\s*"  # x = 3, x \in [1,2]
+    if len({m[1] for m in re.findall(lhs, s)}) == 1:  # one variable only: "a=3, b=2" is not the set {2, 3}
+        s = re.sub(lhs, r"\1", s)
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s.strip()):       # thousands separators: 1,000
+        s = s.replace(",", "")
+    s = re.sub(r"\s+", " ", s)
+    s = re.sub(r"(?<![a-zA-Z]) | (?![a-zA-Z])", "", s)                    # spaces stay only as in "\pi r"
+    s = re.sub(r"^\(([A-E])\)$", r"\1", s)                                # multiple choice: (C) -> C
+    s = re.sub(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([-+]?\d{1,3})(?![\w.])", r"\1\\times10^{\2}", s)  # 1e-6
+    s = re.sub(r"\\times10\^([-+]?\d)(?!\d)", r"\\times10^{\1}", s.replace("\\cdot10^", "\\times10^"))
+    s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)                           # \sqrt3 -> \sqrt{3}
+    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)                   # \frac12 -> \frac{1}{2}
+    s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
+    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"^(-?\d+)/(\d+)$", r"\\frac{\1}{\2}", s)
+    return re.sub(r"(?<![\d.])\.(\d)", r"0.\1", s).rstrip(".")           # .5 -> 0.5, "5." -> 5
+
+
+def _number(s):
+    """(exact value, written as a decimal?) for a plain number in normalised form, else None."""
+    m = re.fullmatch(r"(-?)(?:(\d+)(?=\\frac))?\\frac\{(-?\d+)\}\{(-?\d+)\}", s)  # fraction, mixed number
+    if m and int(m[4]) != 0:
+        v = Fraction(int(m[3]), int(m[4])) + int(m[2] or 0)
+        return (-v if m[1] else v), False
+    m = re.fullmatch(r"(" + _NUM + r")(?:\\times10\^\{([-+]?\d{1,3})\})?", s)  # 12, -0.5, 3.61\times10^{-10}
+    if m:
+        return Fraction(m[1]) * Fraction(10) ** int(m[2] or 0), "." in m[1]
+    m = re.fullmatch(r"10\^\{?([-+]?\d{1,3})\}?", s)                           # 10^{-6}
+    return (Fraction(10) ** int(m[1]), False) if m else None
+
+
+def _numbers_equal(x, y):
+    (a, a_dec), (b, b_dec) = x, y
+    return a == b or ((a_dec or b_dec) and abs(a - b) <= REL_TOL * max(abs(a), abs(b)))
+
+
+def _well_formed(s):
+    depth = 0
+    for c in re.sub(r"\\[{}]", "", s):
+        depth += {"{": 1, "}": -1}.get(c, 0)
+        if depth < 0:
+            return False
+    return depth == 0 and not re.search(r"\\(?:frac|sqrt)$|\\frac\{[^{}]*\}$|[\^_]$", s)  # "\frac{1}", "2^"
+
+
+def _is_text(s):
+    # A word answer ("east", "Navin", "yes") or a choice letter is compared as a string, never as a
+    # product of symbols (math-verify reads "east" as e*a*s*t).
+    return bool(re.fullmatch(r"[A-Za-z]{3,}(?: [A-Za-z]+)*|[A-E]|[Nn]o", s))
+
+
+def _is_equation(s):
+    return bool(re.search(r"(?<![<>!\\])=", s))
+
+
+def _fast_verdict(pred, gold):
+    """True/False if decided in-process, else the normalised (pred, gold) for the symbolic step."""
+    if isinstance(gold, (int, float)) and not isinstance(gold, bool):
+        gold = repr(gold)  # AMC23 stores answers as floats (27.0)
+    if not isinstance(pred, str) or not isinstance(gold, str):
+        return False
+    if pred.strip() == gold.strip():
+        return bool(pred.strip())
+    if len(pred) > MAX_LEN or len(gold) > MAX_LEN or not (pred + gold).replace("\n", " ").isprintable():
+        return False
+    p, g = normalize(pred), normalize(gold)
+    if not p or not g or not _well_formed(p) or not _well_formed(g):
+        return False
+    if p == g or _is_text(p) or _is_text(g):
+        return p.lower() == g.lower()
+    x, y = _number(p), _number(g)
+    if x and y:
+        return _numbers_equal(x, y)
+    if _is_equation(p) and not _is_equation(g):
+        return False  # math-verify would compare only the right-hand side: "2x+1=3" is not the answer 3
+    return p, g
+
+# -----------------------------------------------------------------------------
+# Symbolic equivalence (runs inside a grader process; sympy/math-verify are imported only there)
+
+_PY_HINT = re.compile(r"\*\*|(?<![a-zA-Z])(?:sqrt|pi|oo|E|I|exp|log|ln|Rational|Integer|Float|Abs|factorial|"
+                      r"binomial|sin|cos|tan|asin|acos|atan|Matrix)(?![a-zA-Z])|\d\s*\*\s*[\w(]")
+_PY_NAMES = ("sqrt pi oo E I exp log ln Rational Integer Float Abs factorial binomial sin cos tan asin acos "
+             "atan Matrix").split()
+
+
+def _parse_python(s):
+    """sympy value of Python/sympy output such as sqrt(2)/2, x**2 + 1, oo, Rational(3, 4), [2, -3].
+    parse_expr evaluates its input, so only numbers, operators, whitelisted names and one-letter
+    variables get through (no attributes, strings, dunders)."""
+    import sympy
+    from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication, parse_expr,
+                                            standard_transformations)
+    names = re.findall(r"[A-Za-z_]\w*", s)
+    if len(s) > 300 or not re.fullmatch(r"[\w\s+\-*/^().,\[\]{}]*", s) or re.search(r"[A-Za-z_)\]]\s*\.", s) \
+            or any(n not in _PY_NAMES and not re.fullmatch(r"[a-zA-Z]\d*", n) for n in names):
+        return None
+    local = {n: getattr(sympy, n) for n in _PY_NAMES if n != "ln"} | {"ln": sympy.log, "e": sympy.E}
+    local |= {n: sympy.Symbol(n, real=True) for n in names if n not in local}  # as latex2sympy makes them
+    v = parse_expr(s, local_dict=local, transformations=standard_transformations
+                   + (implicit_multiplication, convert_xor))
+    if isinstance(v, (list, set)):  # a list of solve() results is a set of answers
+        return sympy.FiniteSet(*v)
+    return sympy.Tuple(*v) if isinstance(v, tuple) else v
+
+
+def _numeric_eq(a, b, *_):
+    """The numeric policy, replacing math_verify.grader.sympy_numeric_eq (see the docstring)."""
+    from sympy import Float, MatrixBase, N
+    if a.free_symbols or b.free_symbols:
+        return False  # expressions go to _identity_eq
+    a, b = a.doit(), b.doit()  # unevaluated 2**1009 -> Integer, -Matrix -> Matrix
+    if isinstance(a, MatrixBase) or isinstance(b, MatrixBase):
+        return a.shape == b.shape and all(_numeric_eq(x, y) for x, y in zip(a, b))
+    if a.is_Rational and b.is_Rational:
+        return a == b  # exact, even for 2^{1009} + 1
+    if not (a.is_number and b.is_number):
+        return False
+    va, vb = N(a, 50), N(b, 50)
+    if not (va.is_finite and vb.is_finite):
+        return va == vb  # oo - (-oo) is oo, which no tolerance may absorb
+    tol = REL_TOL if a.has(Float) or b.has(Float) else 1e-30
+    return bool(abs(va - vb) <= tol * max(abs(va), abs(vb)))
+
+
+def _at_random_points(exprs, n=3):
+    """Values of the expressions at n random points (mixed signs, so that sqrt(x^2) != x), to 30
+    digits; None if one of them does not evaluate to a finite number."""
+    import random
+    from sympy import Derivative, N, Rational, Symbol
+    from sympy.core.function import AppliedUndef
+    # dv/dt and f(t) stay opaque: substituting numbers would turn d(3/7)/dt into 0
+    exprs = [e.xreplace({x: Symbol(str(x)) for x in e.atoms(Derivative, AppliedUndef)}) for e in exprs]
+    free = sorted(set().union(*(e.free_symbols for e in exprs)), key=str)
+    rng, rows = random.Random(0), []
+    for _ in range(n):
+        point = {s: Rational(rng.choice([-1, 1]) * rng.randint(1, 999), rng.randint(1, 99)) for s in free}
+        row = [N(e.subs(point), 30) for e in exprs]
+        if not all(v.is_number and v.is_finite for v in row):
+            return None
+        rows.append(row)
+    return rows
+
+
+def _identity_eq(a, b, _simplify_eq=None):
+    """Replaces math_verify.grader.sympy_symbolic_eq, i.e. simplify(a - b) == 0, which takes ~0.3 s
+    even when a != b: a and b must agree at three random points. Expressions that do not evaluate
+    (unknown functions) still go to simplify."""
+    from sympy import Float, MatrixBase, MatrixExpr
+    a, b = (x.doit() if isinstance(x, MatrixExpr) else x for x in (a, b))  # -Matrix -> Matrix
+    if isinstance(a, MatrixBase) and isinstance(b, MatrixBase):
+        return a.shape == b.shape and all(_identity_eq(x, y, _simplify_eq) for x, y in zip(a, b))
+    if not (a.free_symbols or b.free_symbols):
+        return False  # numbers were decided by _numeric_eq
+    rows = _at_random_points([a, b])
+    if rows is None:
+        return _simplify_eq(a, b)
+    tol = REL_TOL if a.has(Float) or b.has(Float) else 1e-20
+    return all(abs(va - vb) <= tol * max(abs(va), abs(vb)) for va, vb in rows)
+
+
+def _same_equation(gold, pred, *_):
+    """Replaces math_verify.grader.sympy_solve_and_compare, whose sympy.solve can run for a minute on
+    a Minerva differential equation: two equations are the same iff lhs - rhs of one is a constant
+    non-zero multiple of the other's (2x + 2 = 0 and x = -1); other relations were compared already."""
+    from sympy import Eq
+    if not (isinstance(gold, Eq) and isinstance(pred, Eq)):
+        return False
+    rows = _at_random_points([gold.lhs - gold.rhs, pred.lhs - pred.rhs])
+    if rows is None or any(p == 0 for _, p in rows):
+        return False
+    ratios = [g / p for g, p in rows]
+    return all(r != 0 and abs(r - ratios[0]) <= 1e-20 * abs(ratios[0]) for r in ratios)
+
+
+def _parse(s):
+    """[sympy value, string] for math-verify's verify; [] if unparseable."""
+    import sympy
+    from latex2sympy2_extended import NormalizationConfig
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+    if "\\" not in s and _PY_HINT.search(s):
+        v = _parse_python(s)
+        parsed = [v, s] if v is not None else []
+    else:  # units=False: its unit list has "c", "t", "m", and "\frac{1}{\sqrt{2}}c" would lose its c
+        latex = LatexExtractionConfig(normalization_config=NormalizationConfig(
+            basic_latex=True, units=False, malformed_operators=False, nits=True, boxed="all", equations=False))
+        parsed = parse("$" + s + "$", [latex, ExprExtractionConfig()], parsing_timeout=None)
+    # latex2sympy reads the i of "6+9i" as a real symbol, Python prints the imaginary unit as I
+    i = {sympy.Symbol("i", real=True): sympy.I, sympy.Symbol("i"): sympy.I}
+    return [v.subs(i) if hasattr(v, "subs") else v for v in parsed]
+
+
+def _symbolic_equiv(pred, gold):
+    from math_verify import verify
+    g, p = _parse(gold), _parse(pred)
+    return bool(g and p and verify(g, p, allow_set_relation_comp=True, timeout_seconds=None))  # gold first: asymmetric
+
+# -----------------------------------------------------------------------------
+# Grader processes: persistent, one request at a time each, killed and replaced on overrun
+
+class _GraderPool:
+    def __init__(self):
+        self.pid, self.size, self.busy, self.idle = os.getpid(), os.cpu_count() or 1, 0, []
+        self.cond = threading.Condition()
+
+    def _start(self):
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--grader"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0,
+                                start_new_session=True)
+        if self._readline(proc, 120.0) != "ready":  # importing sympy is not part of any deadline
+            self._kill(proc)
+            raise RuntimeError("grader process did not start")
+        return proc
+
+    @staticmethod
+    def _readline(proc, timeout):
+        buf = b""
+        while not buf.endswith(b"\n") and select.select([proc.stdout], [], [], timeout)[0]:
+            chunk = os.read(proc.stdout.fileno(), 64)
+            if not chunk:
+                break
+            buf += chunk
+        return buf.decode().strip() if buf.endswith(b"\n") else None
+
+    @staticmethod
+    def _kill(proc):
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+
+    def equiv(self, pred, gold, timeout):
+        """True/False from a grader process, None if it overran `timeout` (it is then killed)."""
+        if self.pid != os.getpid():  # we were forked: the parent's processes and lock are not ours
+            self.__init__()
+        with self.cond:
+            self.cond.wait_for(lambda: self.busy < self.size)
+            self.busy += 1
+            proc = self.idle.pop() if self.idle else None
+        answer = None
+        try:
+            if proc is None or proc.poll() is not None:
+                proc = self._start()  # lazily: a killed process is replaced by the next call
+            proc.stdin.write((json.dumps([pred, gold]) + "\n").encode())
+            answer = self._readline(proc, timeout)
+        finally:
+            if answer is None and proc is not None:
+                self._kill(proc)
+            with self.cond:
+                self.busy -= 1
+                if answer is not None:
+                    self.idle.append(proc)
+                self.cond.notify()
+        return None if answer is None else answer == "1"
+
+
+_POOL = _GraderPool()
+_CACHE = {}  # (pred, gold) -> verdict; an RL group of G=16 samples repeats the same answers many times
+
+
+def _symbolic(pred, gold, timeout):
+    if (pred, gold) not in _CACHE:
+        try:
+            verdict = _POOL.equiv(pred, gold, timeout)
+        except Exception:
+            return False
+        if verdict is None:  # a timeout may be load, not the pair: do not remember it
+            return False
+        if len(_CACHE) > 100_000:
+            _CACHE.clear()
+        _CACHE[pred, gold] = verdict
+    return _CACHE[pred, gold]
+
+
+def _grader_main():
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # 10**10**10 fails with MemoryError
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever a library prints must not corrupt the protocol on stdout
+    import math_verify.grader as mv  # our numeric policy and a faster identity test, see those functions
+    mv.sympy_numeric_eq = _numeric_eq
+    mv.sympy_symbolic_eq = functools.partial(_identity_eq, _simplify_eq=mv.sympy_symbolic_eq)
+    mv.sympy_solve_and_compare = _same_equation
+    out.write("ready\n")
+    out.flush()
+    for line in sys.stdin:
+        try:
+            ok = _symbolic_equiv(*json.loads(line))
+        except BaseException:  # MemoryError, RecursionError, sympy internals: not equal
+            ok = False
+        out.write("1\n" if ok else "0\n")
+        out.flush()
+
+# -----------------------------------------------------------------------------
+# Public API
+
+def is_equiv(pred, gold, timeout=TIMEOUT_S):
+    """Is the predicted answer the gold answer? Never raises; returns within about `timeout` seconds
+    (plus, rarely, the start of a fresh grader process)."""
+    try:
+        verdict = _fast_verdict(pred, gold)
+    except Exception:
+        return False
+    return verdict if isinstance(verdict, bool) else _symbolic(*verdict, timeout)
+
+
+def grade_many(pairs, workers=None, timeout=TIMEOUT_S):
+    """[is_equiv(pred, gold) for pred, gold in pairs]; the pairs that need symbolic comparison are
+    spread over `workers` grader processes (default: one per core)."""
+    verdicts = []
+    for pred, gold in pairs:
+        try:
+            verdicts.append(_fast_verdict(pred, gold))
+        except Exception:
+            verdicts.append(False)
+    todo = [i for i, v in enumerate(verdicts) if not isinstance(v, bool)]
+    workers = workers or os.cpu_count() or 1
+    with _POOL.cond:
+        _POOL.size = max(_POOL.size, workers)
+    with ThreadPoolExecutor(workers) as ex:
+        for i, ok in zip(todo, ex.map(lambda i: _symbolic(*verdicts[i], timeout), todo)):
+            verdicts[i] = ok
+    return verdicts
+
+
+def has_repetition(text, n=50, max_count=20):
+    """THOR's degenerate-decoding check (digest §8, released math_verifier.check_repetition): some
+    n-character substring occurs more than max_count times."""
+    counts = {}
+    for i in range(len(text) - n + 1):
+        g = text[i:i + n]
+        counts[g] = counts.get(g, 0) + 1
+        if counts[g] > max_count:
+            return True
+    return False
+
+
+def episode_reward(response, gold):
+    """Episode-level reward (paper §4.2): 1.0 iff the last boxed answer equals the gold.
+    As in THOR's RL reward (digest §8), a degenerate, repetitive response scores 0. The check skips
+    the ```output blocks: the environment wrote those, and a printed decimal expansion such as
+    0.384615384615... would otherwise fail it (it does in the released code's own example)."""
+    if not isinstance(response, str):
+        return 0.0
+    written = re.sub(r"```output\n.*?```", "", response, flags=re.S)
+    if has_repetition(written):
+        return 0.0
+    return 1.0 if is_equiv(extract_answer(response), gold) else 0.0
+
+
+def step_reward(exec_result):
+    """Step-level reward (paper §4.3, Eq. 6-8): 1.0 iff the code call succeeded (sandbox ExecResult.ok:
+    it exited normally and printed something)."""
+    return 1.0 if getattr(exec_result, "ok", False) else 0.0
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--grader"]:
+    _grader_main()
