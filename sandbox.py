@@ -249,8 +249,9 @@ def _cell(code, tmp, uid, out_w, err_w, cfg):
         else:
             print(e.code, file=sys.stderr)
             status = 1
-    except BaseException:  # one write, so tracebacks of the cell's forked copies don't interleave
-        sys.stderr.write(traceback.format_exc())
+    except BaseException as e:  # as `python -c` prints it (without this frame), in one write so
+        # that the tracebacks of the cell's forked copies do not interleave
+        sys.stderr.write("".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next)))
         status = 1
     for stream in (sys.stdout, sys.stderr):
         try:
