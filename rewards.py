@@ -18,6 +18,9 @@ almost all pairs are decided:
      whitelisted sympy parse of Python syntax (sqrt(2)/2, x**2 + 1, oo, Rational(3, 4)), in a persistent
      grader process with a deadline: an overrun kills the process and counts as "not equal".
      math-verify's own timeouts use SIGALRM, which only works in the main thread, so they are off.
+     Inside the grader three of math-verify's comparison functions are replaced (numbers: the policy
+     below; expressions: agreement at random points instead of simplify; equations: proportionality
+     instead of sympy.solve, which can run for a minute on a Minerva ODE).
 
 Numeric policy (REL_TOL). Exactly written numbers must be exactly equal: 0.5 = 1/2 and 025 = 25, but
 2^{1009} != 2^{1009}+1. Where a decimal is involved a relative error of 1e-6 is allowed, so Python's
@@ -35,6 +38,9 @@ import select
 import subprocess
 import sys
 import threading
+import time
+import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
@@ -76,6 +82,7 @@ def extract_answer(text):
 _UNICODE = {"\u2212": "-", "\u03c0": "\\pi", "\u221e": "\\infty", "\u221a": "\\sqrt", "\u00d7": "\\times",
             "\u22c5": "\\cdot", "\u00b7": "\\cdot", "\u00b0": "", "\u2264": "\\le", "\u2265": "\\ge"}
 _NUM = r"-?(?:\d+\.?\d*|\.\d+)"
+_BASE = re.compile(r"(\w+)_\{?(\d+)\}?")  # a numeral in base b
 _MATH_WORD = r"(?!(?:pi|oo|ln|log|exp|sqrt|sin|cos|tan|sec|csc|cot)(?![a-zA-Z]))"
 _UNIT_TEXT = r"\\(?:text|mbox|mathrm|textrm)\{(?:\s+[a-zA-Z]|[a-zA-Z]{2})[a-zA-Z .]*\}(?:\^\{?[23]\}?)?"
 
@@ -95,13 +102,13 @@ def normalize(s):
                r"\1", s)                                                  # 10 cm -> 10
     s = re.sub(r"\\(?:text|textbf|textrm|mathrm|mbox|mathbf)\{([^{}]*)\}", r"\1", s).strip()
     s = re.sub(r"(?<![a-zA-Z\\])(?:infinity|inf)(?![a-zA-Z])", r"\\infty", s)
-    lhs = r"(^|,)\s*([a-zA-Z](?:_\{?\w+\}?)?(?:\([a-z]\))?)\s*(?:=(?![=<>])|\\in(?![a-zA-Z]))\s*"  # x = 3, x \in [1,2]
-    if len({m[1] for m in re.findall(lhs, s)}) == 1:  # one variable only: "a=3, b=2" is not the set {2, 3}
-        s = re.sub(lhs, r"\1", s)
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s.strip()):       # thousands separators: 1,000
+    if re.fullmatch(r"(?:[a-zA-Z]\s*=\s*)?-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):  # thousands separators: 1,000
         s = s.replace(",", "")
     s = re.sub(r"\s+", " ", s)
     s = re.sub(r"(?<![a-zA-Z]) | (?![a-zA-Z])", "", s)                    # spaces stay only as in "\pi r"
+    lhs = r"(^|,)([a-zA-Z](?:_\{?\w+\}?)?(?:\([a-z]\))?)(?:=(?![=<>])|\\in(?![a-zA-Z]))"  # x = 3, x \in [1,2]
+    if len({m[1] for m in re.findall(lhs, s)}) == 1:  # one variable only: "a=3, b=2" is not the set {2, 3}
+        s = re.sub(lhs, r"\1", s)
     s = re.sub(r"^\(([A-E])\)$", r"\1", s)                                # multiple choice: (C) -> C
     s = re.sub(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([-+]?\d{1,3})(?![\w.])", r"\1\\times10^{\2}", s)  # 1e-6
     s = re.sub(r"\\times10\^([-+]?\d)(?!\d)", r"\\times10^{\1}", s.replace("\\cdot10^", "\\times10^"))
@@ -146,14 +153,9 @@ def _is_text(s):
     return bool(re.fullmatch(r"[A-Za-z]{3,}(?: [A-Za-z]+)*|[A-E]|[Nn]o", s))
 
 
-def _is_equation(s):
-    return bool(re.search(r"(?<![<>!\\])=", s))
-
-
 def _fast_verdict(pred, gold):
     """True/False if decided in-process, else the normalised (pred, gold) for the symbolic step."""
-    if isinstance(gold, (int, float)) and not isinstance(gold, bool):
-        gold = repr(gold)  # AMC23 stores answers as floats (27.0)
+    pred, gold = (repr(x) if type(x) in (int, float) else x for x in (pred, gold))  # AMC23 golds: 27.0
     if not isinstance(pred, str) or not isinstance(gold, str):
         return False
     if pred.strip() == gold.strip():
@@ -165,20 +167,30 @@ def _fast_verdict(pred, gold):
         return False
     if p == g or _is_text(p) or _is_text(g):
         return p.lower() == g.lower()
+    m, n = _BASE.fullmatch(p), _BASE.fullmatch(g)
+    if m or n:  # 2516_8: math-verify drops the base, so 66_3 would equal 66_8
+        return (m[1] if m else p) == (n[1] if n else g) and not (m and n and m[2] != n[2])
     x, y = _number(p), _number(g)
     if x and y:
         return _numbers_equal(x, y)
-    if _is_equation(p) and not _is_equation(g):
+    equation = re.compile(r"(?<![<>!\\])=")
+    if equation.search(p) and not equation.search(g):
         return False  # math-verify would compare only the right-hand side: "2x+1=3" is not the answer 3
     return p, g
+
+
+def _decide(pred, gold):
+    try:
+        return _fast_verdict(pred, gold)
+    except Exception:
+        return False
 
 # -----------------------------------------------------------------------------
 # Symbolic equivalence (runs inside a grader process; sympy/math-verify are imported only there)
 
-_PY_HINT = re.compile(r"\*\*|(?<![a-zA-Z])(?:sqrt|pi|oo|E|I|exp|log|ln|Rational|Integer|Float|Abs|factorial|"
-                      r"binomial|sin|cos|tan|asin|acos|atan|Matrix)(?![a-zA-Z])|\d\s*\*\s*[\w(]")
 _PY_NAMES = ("sqrt pi oo E I exp log ln Rational Integer Float Abs factorial binomial sin cos tan asin acos "
              "atan Matrix").split()
+_PY_HINT = re.compile(r"\*\*|\d\s*\*\s*[\w(]|(?<![a-zA-Z])(?:" + "|".join(_PY_NAMES) + r")(?![a-zA-Z])")
 
 
 def _parse_python(s):
@@ -193,7 +205,7 @@ def _parse_python(s):
             or any(n not in _PY_NAMES and not re.fullmatch(r"[a-zA-Z]\d*", n) for n in names):
         return None
     local = {n: getattr(sympy, n) for n in _PY_NAMES if n != "ln"} | {"ln": sympy.log, "e": sympy.E}
-    local |= {n: sympy.Symbol(n, real=True) for n in names if n not in local}  # as latex2sympy makes them
+    local |= {n: sympy.Symbol(n.lower(), real=True) for n in names if n not in local}  # as latex2sympy does
     v = parse_expr(s, local_dict=local, transformations=standard_transformations
                    + (implicit_multiplication, convert_xor))
     if isinstance(v, (list, set)):  # a list of solve() results is a set of answers
@@ -261,7 +273,7 @@ def _same_equation(gold, pred, *_):
     a Minerva differential equation: two equations are the same iff lhs - rhs of one is a constant
     non-zero multiple of the other's (2x + 2 = 0 and x = -1); other relations were compared already."""
     from sympy import Eq
-    if not (isinstance(gold, Eq) and isinstance(pred, Eq)):
+    if not (isinstance(gold, Eq) and isinstance(pred, Eq) and gold.free_symbols and pred.free_symbols):
         return False
     rows = _at_random_points([gold.lhs - gold.rhs, pred.lhs - pred.rhs])
     if rows is None or any(p == 0 for _, p in rows):
@@ -270,8 +282,9 @@ def _same_equation(gold, pred, *_):
     return all(r != 0 and abs(r - ratios[0]) <= 1e-20 * abs(ratios[0]) for r in ratios)
 
 
+@functools.lru_cache(maxsize=4096)  # the gold of an RL group is graded G=16 times
 def _parse(s):
-    """[sympy value, string] for math-verify's verify; [] if unparseable."""
+    """(sympy value, string) for math-verify's verify; () if unparseable."""
     import sympy
     from latex2sympy2_extended import NormalizationConfig
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
@@ -283,14 +296,15 @@ def _parse(s):
             basic_latex=True, units=False, malformed_operators=False, nits=True, boxed="all", equations=False))
         parsed = parse("$" + s + "$", [latex, ExprExtractionConfig()], parsing_timeout=None)
     # latex2sympy reads the i of "6+9i" as a real symbol, Python prints the imaginary unit as I
-    i = {sympy.Symbol("i", real=True): sympy.I, sympy.Symbol("i"): sympy.I}
-    return [v.subs(i) if hasattr(v, "subs") else v for v in parsed]
+    return tuple(v.subs({x: sympy.I for x in v.free_symbols if x.name == "i"}) if hasattr(v, "subs") else v
+                 for v in parsed)
 
 
 def _symbolic_equiv(pred, gold):
     from math_verify import verify
     g, p = _parse(gold), _parse(pred)
-    return bool(g and p and verify(g, p, allow_set_relation_comp=True, timeout_seconds=None))  # gold first: asymmetric
+    # gold first: verify is asymmetric; allow_set_relation_comp lets x <= 0 match (-\infty, 0]
+    return bool(g and p and verify(list(g), list(p), allow_set_relation_comp=True, timeout_seconds=None))
 
 # -----------------------------------------------------------------------------
 # Grader processes: persistent, one request at a time each, killed and replaced on overrun
@@ -311,8 +325,10 @@ class _GraderPool:
 
     @staticmethod
     def _readline(proc, timeout):
-        buf = b""
-        while not buf.endswith(b"\n") and select.select([proc.stdout], [], [], timeout)[0]:
+        """One line from the process, or None if it did not come within `timeout` seconds."""
+        buf, deadline, poll = b"", time.monotonic() + timeout, select.poll()  # poll: fds > 1024 are fine
+        poll.register(proc.stdout, select.POLLIN)
+        while not buf.endswith(b"\n") and poll.poll(max(0.0, deadline - time.monotonic()) * 1000):
             chunk = os.read(proc.stdout.fileno(), 64)
             if not chunk:
                 break
@@ -359,7 +375,8 @@ def _symbolic(pred, gold, timeout):
     if (pred, gold) not in _CACHE:
         try:
             verdict = _POOL.equiv(pred, gold, timeout)
-        except Exception:
+        except Exception as e:  # e.g. the grader cannot start: say so, since every such pair now fails
+            warnings.warn(f"rewards.py: symbolic grading failed ({type(e).__name__}); counted as not equal")
             return False
         if verdict is None:  # a timeout may be load, not the pair: do not remember it
             return False
@@ -394,22 +411,14 @@ def _grader_main():
 def is_equiv(pred, gold, timeout=TIMEOUT_S):
     """Is the predicted answer the gold answer? Never raises; returns within about `timeout` seconds
     (plus, rarely, the start of a fresh grader process)."""
-    try:
-        verdict = _fast_verdict(pred, gold)
-    except Exception:
-        return False
+    verdict = _decide(pred, gold)
     return verdict if isinstance(verdict, bool) else _symbolic(*verdict, timeout)
 
 
 def grade_many(pairs, workers=None, timeout=TIMEOUT_S):
     """[is_equiv(pred, gold) for pred, gold in pairs]; the pairs that need symbolic comparison are
     spread over `workers` grader processes (default: one per core)."""
-    verdicts = []
-    for pred, gold in pairs:
-        try:
-            verdicts.append(_fast_verdict(pred, gold))
-        except Exception:
-            verdicts.append(False)
+    verdicts = [_decide(pred, gold) for pred, gold in pairs]
     todo = [i for i, v in enumerate(verdicts) if not isinstance(v, bool)]
     workers = workers or os.cpu_count() or 1
     with _POOL.cond:
@@ -423,13 +432,7 @@ def grade_many(pairs, workers=None, timeout=TIMEOUT_S):
 def has_repetition(text, n=50, max_count=20):
     """THOR's degenerate-decoding check (digest §8, released math_verifier.check_repetition): some
     n-character substring occurs more than max_count times."""
-    counts = {}
-    for i in range(len(text) - n + 1):
-        g = text[i:i + n]
-        counts[g] = counts.get(g, 0) + 1
-        if counts[g] > max_count:
-            return True
-    return False
+    return max(Counter(text[i:i + n] for i in range(len(text) - n + 1)).values(), default=0) > max_count
 
 
 def episode_reward(response, gold):

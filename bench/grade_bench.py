@@ -75,9 +75,11 @@ def reformat(g, rng):
         lambda s: s if "=" in s else "x = " + s,
         lambda s: s + "\\text{ units}" if re.fullmatch(r"[\d.]+", s) else "$" + s + "$",
     ]
-    if re.fullmatch(r"(?:[\w+\-*/^(). ]|\\frac\{|\\sqrt\{|\\pi|\}\{|\})+", s) and not re.search(r"\d\s*\\frac", s):  # LaTeX with a Python spelling
-        options.append(lambda s: re.sub(r"\\sqrt\{([^{}]*)\}", r"sqrt(\1)", re.sub(r"(?<=[\w)}])\\pi", "*pi", s)).replace("\\pi", "pi")
-                       .replace("^", "**").replace("\\frac{", "(").replace("}{", ")/(").replace("}", ")"))
+    python_like = r"(?:[\w+\-*/^(). ]|\\frac\{|\\sqrt\{|\\pi|\}\{|\})+"  # LaTeX that has a Python spelling
+    if re.fullmatch(python_like, s) and not re.search(r"\d\s*\\frac", s):  # (not mixed numbers, 2\frac{1}{2})
+        options.append(lambda s: re.sub(r"\\sqrt\{([^{}]*)\}", r"sqrt(\1)", re.sub(r"(?<=[\w)}])\\pi", "*pi", s))
+                       .replace("\\pi", "pi").replace("^", "**").replace("\\frac{", "((").replace("}{", ")/(")
+                       .replace("}", "))"))
     return rng.choice(options)(s)
 
 
@@ -94,11 +96,14 @@ def perturb(g, pool, rng):
 
 
 rng = random.Random(args.seed)
+entries = sorted({(source, str(g)): (source, g) for source, v in golds.items() for g in v}.values(), key=str)
+rng.shuffle(entries)  # each distinct answer once, in random order, then again if --n needs it
 pairs, kinds, seen = [], [], set()
-while len(pairs) < args.n:
-    source = rng.choice(sorted(golds))
-    gold = rng.choice(golds[source])
-    kind = rng.choice(["equal", "reformatted", "perturbed"])
+for i in range(100 * args.n):
+    if len(pairs) == args.n:
+        break
+    source, gold = entries[i % len(entries)]
+    kind = ("equal", "reformatted", "perturbed")[len(pairs) % 3]
     pred = {"equal": lambda: str(gold), "reformatted": lambda: reformat(gold, rng),
             "perturbed": lambda: perturb(gold, golds[source], rng)}[kind]()
     if (pred, str(gold)) not in seen:

@@ -31,7 +31,8 @@ CASES = [  # (pred, gold, expected)
     ("2^{10}", "1024", T), ("1023", "1024", F),
     ("2^{1009}+1", "2^{1009}", F), ("123456789012345678901234567891", "123456789012345678901234567890", F),
     # fractions and decimals (numeric policy: exact, or 1e-6 relative where a decimal is involved)
-    ("0.5", "\\frac{1}{2}", T), ("1/2", "\\frac{1}{2}", T), ("\\dfrac{1}{2}", "\\frac{1}{2}", T), ("2", "\\frac{1}{2}", F),
+    ("0.5", "\\frac{1}{2}", T), ("1/2", "\\frac{1}{2}", T), ("\\dfrac{1}{2}", "\\frac{1}{2}", T),
+    ("2", "\\frac{1}{2}", F),
     ("\\frac{1}{4}", "\\frac14", T), ("0.25", "\\frac14", T), ("4", "\\frac14", F), ("\\frac{1}{5}", "\\frac14", F),
     ("0.333", "\\frac{1}{3}", F), ("0.3333333333333333", "\\frac{1}{3}", T), ("3", "\\frac{1}{3}", F),
     ("\\frac{9}{19}", "\\frac9{19}", T), ("9/19", "\\frac9{19}", T), ("19/9", "\\frac9{19}", F),
@@ -49,7 +50,8 @@ CASES = [  # (pred, gold, expected)
     # surds, pi, e
     ("\\sqrt5", "\\sqrt{5}", T), ("sqrt(5)", "\\sqrt{5}", T), ("5^{1/2}", "\\sqrt{5}", T), ("2.236", "\\sqrt{5}", F),
     ("\\sqrt{6}", "\\sqrt{5}", F),
-    ("\\sqrt{242}", "11\\sqrt2", T), ("11*sqrt(2)", "11\\sqrt2", T), ("22", "11\\sqrt2", F), ("11\\sqrt{3}", "11\\sqrt2", F),
+    ("\\sqrt{242}", "11\\sqrt2", T), ("11*sqrt(2)", "11\\sqrt2", T), ("22", "11\\sqrt2", F),
+    ("11\\sqrt{3}", "11\\sqrt2", F),
     ("\\sqrt{452}", "2\\sqrt{113}", T), ("\\sqrt{226}", "2\\sqrt{113}", F),
     ("\\frac{1}{\\sqrt{3}}", "\\frac{\\sqrt{3}}{3}", T), ("0.5773502691896258", "\\frac{\\sqrt{3}}{3}", T),
     ("0.577", "\\frac{\\sqrt{3}}{3}", F), ("\\sqrt{3}", "\\frac{\\sqrt{3}}{3}", F),
@@ -63,7 +65,8 @@ CASES = [  # (pred, gold, expected)
     ("2\\pi+18", "18+2\\pi", T), ("20\\pi", "18+2\\pi", F),
     ("e^2", "e^{2}", T), ("\\exp(2)", "e^{2}", T), ("2e", "e^{2}", F),
     # complex numbers
-    ("9i+6", "6+9i", T), ("6-9i", "6+9i", F), ("1 + 12i", "1 - 12i", F), ("7i-2", "-2 + 7i", T), ("2+7i", "-2 + 7i", F),
+    ("9i+6", "6+9i", T), ("6-9i", "6+9i", F), ("1 + 12i", "1 - 12i", F), ("7i-2", "-2 + 7i", T),
+    ("2+7i", "-2 + 7i", F),
     ("-2+2\\sqrt{3}i", "-2+2 \\sqrt{3} i", T), ("2+2\\sqrt3 i", "-2+2 \\sqrt{3} i", F),
     # degrees, percent, units, money
     ("76", "76^\\circ", T), ("76^{\\circ}", "76^\\circ", T), ("76 degrees", "76^\\circ", T), ("104", "76^\\circ", F),
@@ -76,21 +79,27 @@ CASES = [  # (pred, gold, expected)
     ("62.5", "62.5%", T), ("62.5\\%", "62.5%", T), ("0.625", "62.5%", F), ("625", "62.5%", F), ("7.5", "17.5%", F),
     # tuples, points, intervals, unions, sets, multiple answers
     ("(15, -29)", "(15,-29)", T), ("(-29,15)", "(15,-29)", F),
-    ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)", T), ("(3, pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)", T),
-    ("(3,\\frac{\\pi}{3})", "\\left( 3, \\frac{\\pi}{2} \\right)", F), ("(\\frac{\\pi}{2},3)", "\\left( 3, \\frac{\\pi}{2} \\right)", F),
-    ("(1.5,-13)", "\\left( \\frac{3}{2}, -13 \\right)", T), ("(\\frac32,13)", "\\left( \\frac{3}{2}, -13 \\right)", F),
+    ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)", T),
+    ("(3, pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)", T),
+    ("(3,\\frac{\\pi}{3})", "\\left( 3, \\frac{\\pi}{2} \\right)", F),
+    ("(\\frac{\\pi}{2},3)", "\\left( 3, \\frac{\\pi}{2} \\right)", F),
+    ("(1.5,-13)", "\\left( \\frac{3}{2}, -13 \\right)", T),
+    ("(\\frac32,13)", "\\left( \\frac{3}{2}, -13 \\right)", F),
     ("(6, 31, -1)", "(6,31,-1)", T), ("(6,-1,31)", "(6,31,-1)", F), ("(1,-16,-4,43)", "(1,-16,-4,43)", T),
     ("(1,-16,43,-4)", "(1,-16,-4,43)", F),
     ("(3, 4]", "(3,4]", T), ("[3,4]", "(3,4]", F), ("(3,4)", "(3,4]", F),
     ("(5, \\infty)", "(5,\\infty)", T), ("[5,\\infty)", "(5,\\infty)", F), ("(-\\infty,5)", "(5,\\infty)", F),
     ("x \\le 0", "(-\\infty, 0]", T), ("x < 0", "(-\\infty, 0]", F),
     ("(3,\\infty)\\cup(-\\infty,2)", "(-\\infty, 2) \\cup (3, \\infty)", T),
-    ("(-\\infty,2]\\cup(3,\\infty)", "(-\\infty, 2) \\cup (3, \\infty)", F), ("(-\\infty, 2)", "(-\\infty, 2) \\cup (3, \\infty)", F),
+    ("(-\\infty,2]\\cup(3,\\infty)", "(-\\infty, 2) \\cup (3, \\infty)", F),
+    ("(-\\infty, 2)", "(-\\infty, 2) \\cup (3, \\infty)", F),
     ("(9,36)\\cup(0,9)", "(0,9) \\cup (9,36)", T), ("(0,36)", "(0,9) \\cup (9,36)", F),
-    ("(0.6, 8/3]", "\\left(\\frac{3}{5},\\frac{8}{3}\\right]", T), ("(3/5, 8/3)", "\\left(\\frac{3}{5},\\frac{8}{3}\\right]", F),
+    ("(0.6, 8/3]", "\\left(\\frac{3}{5},\\frac{8}{3}\\right]", T),
+    ("(3/5, 8/3)", "\\left(\\frac{3}{5},\\frac{8}{3}\\right]", F),
     ("[\\frac{\\pi^2}{8},\\frac{5\\pi^2}{4}]", "\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]", T),
     ("[-2, 7]", "x \\in [-2,7]", T), ("(-2,7)", "x \\in [-2,7]", F),
-    ("-2, 1+\\sqrt{5}, 1-\\sqrt{5}", "\\{1\\pm\\sqrt{5},-2\\}", T), ("\\{-2,1+\\sqrt5\\}", "\\{1\\pm\\sqrt{5},-2\\}", F),
+    ("-2, 1+\\sqrt{5}, 1-\\sqrt{5}", "\\{1\\pm\\sqrt{5},-2\\}", T),
+    ("\\{-2,1+\\sqrt5\\}", "\\{1\\pm\\sqrt{5},-2\\}", F),
     ("1, -2", "-2,1", T), ("-2", "-2,1", F), ("2,-1", "-2,1", F), ("7,5,3", "3, 5, 7", T), ("3,5", "3, 5, 7", F),
     ("x=2, x=-3", "2, -3", T), ("x=2", "2, -3", F), ("15, 5", "5,15", T), ("5", "5,15", F),
     ("(3,2),(1,1)", "(1,1), (3,2)", T), ("(1,1)", "(1,1), (3,2)", F),
@@ -100,7 +109,8 @@ CASES = [  # (pred, gold, expected)
     ("\\begin{bmatrix} -7 \\\\ 16 \\\\ 5 \\end{bmatrix}", "\\begin{pmatrix} -7 \\\\ 16 \\\\ 5 \\end{pmatrix}", T),
     ("\\begin{pmatrix} -7 \\\\ 5 \\\\ 16 \\end{pmatrix}", "\\begin{pmatrix} -7 \\\\ 16 \\\\ 5 \\end{pmatrix}", F),
     ("\\begin{pmatrix} 0.2 \\\\ -3.6 \\end{pmatrix}", "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", T),
-    ("\\begin{pmatrix} \\frac15 \\\\ -\\frac{18}{5} \\end{pmatrix}", "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", T),
+    ("\\begin{pmatrix} \\frac15 \\\\ -\\frac{18}{5} \\end{pmatrix}",
+     "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", T),
     ("\\begin{pmatrix} 1/5 \\\\ 18/5 \\end{pmatrix}", "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", F),
     ("\\begin{pmatrix}-1&0\\\\0&-1\\end{pmatrix}", "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}", T),
     ("\\begin{pmatrix} 1 & 0 \\\\ 0 & 1 \\end{pmatrix}", "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}", F),
@@ -126,17 +136,22 @@ CASES = [  # (pred, gold, expected)
     # text answers, multiple choice, bases
     ("C", "\\text{(C)}", T), ("(C)", "\\text{(C)}", T), ("\\textbf{(C)}", "\\text{(C)}", T), ("D", "\\text{(C)}", F),
     ("(B)", "\\text{(C)}", F), ("E", "\\text{(E)}", T), ("B", "\\text{(E)}", F),
-    ("east", "\\text{east}", T), ("East", "\\text{east}", T), ("west", "\\text{east}", F), ("\\text{west}", "\\text{east}", F),
-    ("Navin", "\\text{Navin}", T), ("Evelyn", "\\text{Navin}", F), ("even", "\\text{even}", T), ("odd", "\\text{even}", F),
+    ("east", "\\text{east}", T), ("East", "\\text{east}", T), ("west", "\\text{east}", F),
+    ("\\text{west}", "\\text{east}", F),
+    ("Navin", "\\text{Navin}", T), ("Evelyn", "\\text{Navin}", F), ("even", "\\text{even}", T),
+    ("odd", "\\text{even}", F),
     ("ellipse", "\\text{ellipse}", T), ("hyperbola", "\\text{ellipse}", F),
-    ("2516_{8}", "2516_8", T), ("1358", "2516_8", F), ("4201_5", "4210_{5}", F),
+    ("2516_{8}", "2516_8", T), ("1358", "2516_8", F), ("4201_5", "4210_{5}", F), ("4210_4", "4210_{5}", F),
+    ("2516", "2516_8", T),
     # Python / sympy output copied into the box
     ("sqrt(2)/2", "\\frac{\\sqrt{2}}{2}", T), ("sqrt(2)/2", "\\frac{1}{2}", F), ("pi/3", "\\frac{\\pi}{3}", T),
     ("pi/6", "\\frac{\\pi}{3}", F), ("x**2 + 1", "x^2+1", T), ("x**2 - 1", "x^2+1", F),
     ("oo", "\\infty", T), ("-oo", "-\\infty", T), ("oo", "-\\infty", F), ("infinity", "\\infty", T),
-    ("Rational(3, 4)", "\\frac34", T), ("Rational(4, 3)", "\\frac34", F), ("1e-6", "10^{-6}", T), ("1e-5", "10^{-6}", F),
+    ("Rational(3, 4)", "\\frac34", T), ("Rational(4, 3)", "\\frac34", F), ("1e-6", "10^{-6}", T),
+    ("1e-5", "10^{-6}", F),
     ("2*sqrt(3)", "\\sqrt{12}", T), ("sqrt(3)", "\\sqrt{12}", F), ("3*pi/2", "\\frac{3\\pi}{2}", T),
-    ("E**2", "e^{2}", T), ("exp(2)", "e^{2}", T), ("exp(3)", "e^{2}", F), ("[2, -3]", "2, -3", T), ("[2, 3]", "2, -3", F),
+    ("E**2", "e^{2}", T), ("exp(2)", "e^{2}", T), ("exp(3)", "e^{2}", F), ("[2, -3]", "2, -3", T),
+    ("[2, 3]", "2, -3", F),
     ("(15, -29)", "(15,-29)", T), ("1/5 + 2*I", "\\frac15+2i", T), ("1/5 - 2*I", "\\frac15+2i", F),
     ("0.7071067811865476", "\\frac{\\sqrt{2}}{2}", T), ("0.7071", "\\frac{\\sqrt{2}}{2}", F),
     ("factorial(5)", "120", T), ("binomial(5, 2)", "10", T), ("binomial(5, 3)", "5", F),
@@ -149,16 +164,20 @@ CASES = [  # (pred, gold, expected)
     # OlympiadBench expressions
     ("mn - \\lfloor m/2 \\rfloor", "m n-\\lfloor m / 2\\rfloor", T),
     ("mn-\\lceil m/2\\rceil", "m n-\\lfloor m / 2\\rfloor", F),
-    ("2^{1009}", "$2^{1009}$", T), ("2^{1008}", "$2^{1009}$", F), ("\\frac{9}{32}\\sqrt{2}", "$M=\\frac{9}{32} \\sqrt{2}$", T),
+    ("2^{1009}", "$2^{1009}$", T), ("2^{1008}", "$2^{1009}$", F),
+    ("\\frac{9}{32}\\sqrt{2}", "$M=\\frac{9}{32} \\sqrt{2}$", T),
     ("\\frac{9}{32}", "$M=\\frac{9}{32} \\sqrt{2}$", F), ("1024-256\\pi", "$1024-256 \\pi$", T),
     ("256\\pi-1024", "$1024-256 \\pi$", F), ("2-\\sqrt3", "$2-\\sqrt{3}$", T), ("\\sqrt{3}-2", "$2-\\sqrt{3}$", F),
     # traps: a near miss that a loose grader would pass
     ("-\\begin{pmatrix} -7 \\\\ 16 \\\\ 5 \\end{pmatrix}", "\\begin{pmatrix} -7 \\\\ 16 \\\\ 5 \\end{pmatrix}", F),
-    ("-m \\frac{d v}{d t}+b v=f", "m \\frac{d v}{d t}+b v=f", F), ("m\\frac{dv}{dt}+bv=f", "m \\frac{d v}{d t}+b v=f", T),
+    ("-m \\frac{d v}{d t}+b v=f", "m \\frac{d v}{d t}+b v=f", F),
+    ("m\\frac{dv}{dt}+bv=f", "m \\frac{d v}{d t}+b v=f", T),
     ("\\frac{1}{\\sqrt{2}}", "\\frac{1}{\\sqrt{2}}c", F), ("x^2+1", "x^2+1=0", F), ("3\\sqrt{2}", "2\\sqrt{3}", F),
     ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt{2}}{3}", F), ("1000", "10^{4}", F), ("3x", "x^3", F), ("5\\%", "0.05", F),
     ("-\\infty", "\\infty", F), ("\\emptyset", "0", F), ("i", "-i", F), ("2i", "2", F), ("1/0", "\\infty", F),
     ("e", "2.718", F), ("(1,2)", "(1,2,3)", F), ("\\text{(A)}", "\\text{(C)}", F),
+    ("8.56 = 56\\%", "0.56 = 56\\%", F), ("a**2 + b**2 + c**2 - 4R**2", "a^2 + b^2 + c^2 - 4R^2", T),
+    ("f\\left(n\\right)=n", "f(n)=n", T), ("f(n)=n+1", "f(n)=n", F),
     # empty and missing answers
     ("", "0", F), ("0", "", F), (None, "5", F), ("5", None, F),
 ]
@@ -222,11 +241,13 @@ def test_thread_safety():
 
 def test_extract_answer():
     assert extract_answer("so \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
-    assert extract_answer("\\boxed{\\left\\{1,\\frac{\\sqrt{2}}{2}\\right\\}}") == "\\left\\{1,\\frac{\\sqrt{2}}{2}\\right\\}"
+    nested = "\\left\\{1,\\frac{\\sqrt{2}}{2}\\right\\}"
+    assert extract_answer("\\boxed{" + nested + "}") == nested
     assert extract_answer("first \\boxed{3}, then \\boxed{4}") == "4"
     assert extract_answer("\\fbox{7}") == "7"
     assert extract_answer("$\\boxed 5$ done") == "5"
-    assert extract_answer("\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}") == "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"
+    matrix = "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"
+    assert extract_answer("\\boxed{" + matrix + "}") == matrix
     assert extract_answer("\\boxed{2} and then cut off \\boxed{\\frac{1}{") is None
     assert extract_answer("Final Answer: The final answer is $3.6e-10$. I hope it is correct.") == "3.6e-10"
     assert extract_answer("Therefore, the answer is $\\frac{1}{2}$.") == "\\frac{1}{2}"
