@@ -36,7 +36,8 @@ is line-buffered, so what it printed before os._exit() is kept.
 NOT protected against (a guard for a workstation, not a security boundary): kernel exploits;
 what any local user may do: read world-readable files, see the process list, fill world-
 writable dirs (/tmp, /dev/shm; file_mb caps one file, not their number, and such files outlive
-the cell), use Unix sockets open to all; CPU and memory contention up to the limits. Without
+the cell), use Unix sockets and devices open to all (/dev/nvidia*, though under the default
+memory cap torch cannot even load); CPU and memory contention up to the limits. Without
 root, cells run as you: they can change your files and signal your processes (a killed worker
 is restarted), RLIMIT_NPROC counts all your processes unless the user namespace worked, and
 if it did not, the network stays open (a warning; Sandbox.network_isolated is False).
@@ -233,10 +234,9 @@ def _cell(code, tmp, uid, out_w, err_w, cfg):
     os.environ.update(HOME=tmp, TMPDIR=tmp)
     tempfile.tempdir = tmp  # the worker's cached value would point elsewhere
     sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
-    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="backslashreplace",
-                                       buffering=1, closefd=False)
-    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace",
-                                       buffering=1, closefd=False)
+    sys.stdout, sys.stderr = [open(fd, "w", encoding="utf-8", errors="backslashreplace",
+                                   buffering=1, closefd=False) for fd in (1, 2)]
+    sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
     sys.argv = ["-c"]
     main = types.ModuleType("__main__")  # a fresh namespace, as `python -c` would have
     sys.modules["__main__"] = main
@@ -359,20 +359,13 @@ class _Worker:
         self.proc.wait()
         shutil.rmtree(os.path.join(self.cfg["base"], str(self.proc.pid)), ignore_errors=True)
 
-    def stop(self):
-        self.conn.close()  # the worker sees EOF and exits after its current cell
-        try:
-            self.proc.wait(timeout=self.cfg["timeout_s"] + BACKSTOP_S)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
 
 def _shutdown(workers, base, owner):
     if os.getpid() != owner:  # a forked copy of the caller must not stop the caller's workers
         return
     for w in workers:
         if w.proc is not None:
-            w.stop()
+            w.kill()
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -421,7 +414,8 @@ class Sandbox:
 
     def _result(self, reply, seconds):
         if reply is None:
-            return ExecResult(False, "", "SandboxError: the worker died or hung and was restarted", False, seconds)
+            error = "SandboxError: the worker died or hung and was restarted"
+            return ExecResult(False, "", error, False, seconds)
         stdout = reply["stdout"].decode("utf-8", errors="replace")
         stderr = reply["stderr"].decode("utf-8", errors="replace")
         status, error = reply["status"], None
