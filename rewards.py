@@ -19,7 +19,7 @@ almost all pairs are decided:
      grader process with a deadline: an overrun kills the process and counts as "not equal".
      math-verify's own timeouts use SIGALRM, which only works in the main thread, so they are off.
      Inside the grader three of math-verify's comparison functions are replaced (numbers: the policy
-     below; expressions: agreement at random points instead of simplify; equations: proportionality
+     below; expressions: agreement at random points instead of simplify; relations: proportionality
      instead of sympy.solve, which can run for a minute on a Minerva ODE).
 
 Numeric policy (REL_TOL). Exactly written numbers must be exactly equal: 0.5 = 1/2 and 025 = 25, but
@@ -220,7 +220,8 @@ def _numeric_eq(a, b, *_):
         return False  # expressions go to _identity_eq
     a, b = a.doit(), b.doit()  # unevaluated 2**1009 -> Integer, -Matrix -> Matrix
     if isinstance(a, MatrixBase) or isinstance(b, MatrixBase):
-        return a.shape == b.shape and all(_numeric_eq(x, y) for x, y in zip(a, b))
+        return isinstance(a, MatrixBase) and isinstance(b, MatrixBase) and a.shape == b.shape \
+            and all(_numeric_eq(x, y) for x, y in zip(a, b))
     if a.is_Rational and b.is_Rational:
         return a == b  # exact, even for 2^{1009} + 1
     if not (a.is_number and b.is_number):
@@ -236,8 +237,10 @@ def _at_random_points(exprs, n=3):
     """Values of the expressions at n random points (mixed signs, so that sqrt(x^2) != x), to 30
     digits; None if one of them does not evaluate to a finite number."""
     import random
-    from sympy import Derivative, N, Rational, Symbol
+    from sympy import Derivative, Expr, N, Rational, Symbol
     from sympy.core.function import AppliedUndef
+    if not all(isinstance(e, Expr) for e in exprs):
+        return None
     # dv/dt and f(t) stay opaque: substituting numbers would turn d(3/7)/dt into 0
     exprs = [e.xreplace({x: Symbol(str(x)) for x in e.atoms(Derivative, AppliedUndef)}) for e in exprs]
     free = sorted(set().union(*(e.free_symbols for e in exprs)), key=str)
@@ -268,18 +271,22 @@ def _identity_eq(a, b, _simplify_eq=None):
     return all(abs(va - vb) <= tol * max(abs(va), abs(vb)) for va, vb in rows)
 
 
-def _same_equation(gold, pred, *_):
+def _same_relation(gold, pred, *_):
     """Replaces math_verify.grader.sympy_solve_and_compare, whose sympy.solve can run for a minute on
-    a Minerva differential equation: two equations are the same iff lhs - rhs of one is a constant
-    non-zero multiple of the other's (2x + 2 = 0 and x = -1); other relations were compared already."""
+    a Minerva differential equation: two relations of one kind are the same iff lhs - rhs of one is a
+    constant multiple of the other's, a positive one for inequalities (2x + 2 = 0 and x = -1;
+    2x > 4 and x > 2, but not -x > -2)."""
     from sympy import Eq
-    if not (isinstance(gold, Eq) and isinstance(pred, Eq) and gold.free_symbols and pred.free_symbols):
+    from sympy.core.relational import Relational
+    if not (isinstance(gold, Relational) and type(gold) is type(pred) and gold.free_symbols and pred.free_symbols):
         return False
     rows = _at_random_points([gold.lhs - gold.rhs, pred.lhs - pred.rhs])
     if rows is None or any(p == 0 for _, p in rows):
         return False
     ratios = [g / p for g, p in rows]
-    return all(r != 0 and abs(r - ratios[0]) <= 1e-20 * abs(ratios[0]) for r in ratios)
+    r0 = ratios[0]
+    return (r0.is_real and (r0 > 0 or isinstance(gold, Eq)) and r0 != 0
+            and all(abs(r - r0) <= 1e-20 * abs(r0) for r in ratios))
 
 
 @functools.lru_cache(maxsize=4096)  # the gold of an RL group is graded G=16 times
@@ -394,7 +401,7 @@ def _grader_main():
     import math_verify.grader as mv  # our numeric policy and a faster identity test, see those functions
     mv.sympy_numeric_eq = _numeric_eq
     mv.sympy_symbolic_eq = functools.partial(_identity_eq, _simplify_eq=mv.sympy_symbolic_eq)
-    mv.sympy_solve_and_compare = _same_equation
+    mv.sympy_solve_and_compare = _same_relation
     out.write("ready\n")
     out.flush()
     for line in sys.stdin:
