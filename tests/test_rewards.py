@@ -215,6 +215,15 @@ def test_malformed_inputs_false_and_fast():
     assert time.time() - t0 < 5.0
 
 
+def test_python_answers_are_not_executed(tmp_path):
+    flag = tmp_path / "pwned"
+    hostile = [f"__import__('os').system('touch {flag}')", "().__class__.__bases__[0].__subclasses__()",
+               f"open('{flag}', 'w')", "sqrt(2).__class__", "[x for x in range(10**9)]", "lambda: 1"]
+    for bad in hostile:
+        assert is_equiv(bad, "0") is False
+    assert not flag.exists()
+
+
 def test_timeout_kills_and_recovers():
     t0 = time.time()
     assert is_equiv("9**9**9**9", "2", timeout=0.5) is False  # would run for hours in sympy
