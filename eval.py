@@ -13,7 +13,7 @@ Out: <out>/predictions.jsonl  one trajectory record per (problem, sample) (../sh
     python eval.py                                   # toy default: toy test set, out/rl | out/sft | out/tiny, k=4
     python eval.py --model DIR --benchmarks paper    # the paper's six: MATH500 AIME24 AIME25 AMC23 Minerva Olympiad
     python eval.py --model DIR --benchmarks math500,aime24 --k 4 --engine vllm --batch-size 512 --reasoning
-    python eval.py --model DIR --benchmarks paper --self-correction 4 --l-suf 500   # T6 of Table 3
+    python eval.py --model DIR --benchmarks paper --self-correction 4   # T6 of Table 3 = THOR rows of Table 1
     python eval.py --predictions F --benchmarks math500   # score existing predictions, no model
 
 Metrics (accuracies in %). Avg@k, the paper's metric: mean accuracy over the k samples of a problem,
