@@ -13,8 +13,9 @@ Design. `python -c` per cell pays ~0.5 s to import sympy. Instead each worker sl
 server process (a "zygote") started with subprocess, never forked from the caller (which may
 have CUDA initialised). It imports math, numpy, sympy, fractions, itertools once, then forks
 one child per cell, so every cell starts with them loaded and with nothing an earlier cell
-defined, patched or left running. Each cell:
-  - is its own process group, dies with its worker, has stdin = /dev/null (input() fails fast);
+defined, patched or left running. The next cell is forked and set up while the caller is busy
+elsewhere, and waits for its code on stdin (this halves the latency of a call). Each cell:
+  - is its own process group, dies with its worker, then has stdin = /dev/null (input() fails);
   - writes stdout/stderr into pipes the worker reads: `output_kb` KB each, then it is killed;
   - runs in a fresh temp dir (cwd, HOME, TMPDIR), removed afterwards, with the worker's env,
     which holds only PATH, locale and thread settings (none of the caller's secrets);
@@ -126,11 +127,15 @@ def _serve(fd, cfg):
     _libc_call("prctl", PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     gc.freeze()  # keep the warm heap out of the children's GC: fewer copy-on-write page faults
     conn.send({"network_isolated": network_isolated})
+    cell = _fork_cell(workdir, uid, cfg)
     while True:
         try:
-            conn.send(_run_cell(conn.recv(), workdir, uid, cfg))
+            conn.send(_run_cell(cell, conn.recv(), cfg))
         except (EOFError, BrokenPipeError, ConnectionResetError):  # the caller closed or died
             return
+        # Off the caller's clock: clean up, then fork and set up the next cell ahead of time.
+        shutil.rmtree(cell[1], ignore_errors=True)  # its temp dir
+        cell = _fork_cell(workdir, uid, cfg)
 
 
 def _cut_network(root):
@@ -176,22 +181,32 @@ def _expose_to_cells(paths):
             os.close(fd)
 
 
-def _run_cell(code, workdir, uid, cfg):
+def _fork_cell(workdir, uid, cfg):
+    """Fork a cell that sets itself up, then waits for its code on stdin."""
     tmp = tempfile.mkdtemp(dir=workdir)
     if uid is not None:
         os.chown(tmp, uid, uid)
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+    (code_r, code_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
     pid = os.fork()
     if pid == 0:  # the cell: whatever happens, it must never return into the server loop
         try:
-            _cell(code, tmp, uid, out_w, err_w, cfg)
+            _cell(tmp, uid, code_r, out_w, err_w, cfg)
         except BaseException:  # a failure while setting the cell up
             traceback.print_exc()
         finally:
             os._exit(1)
-    os.close(out_w)
-    os.close(err_w)
+    for fd in (code_r, out_w, err_w):
+        os.close(fd)
+    return pid, tmp, code_w, out_r, err_r
+
+
+def _run_cell(cell, code, cfg):
+    pid, tmp, code_w, out_r, err_r = cell
+    try:
+        with open(code_w, "wb") as f:  # closing it is the cell's signal to start
+            f.write(code.encode("utf-8", "surrogatepass"))
+    except BrokenPipeError:  # the cell died while it waited; its status says how
+        pass
     pidfd = os.pidfd_open(pid)
     bufs = {out_r: bytearray(), err_r: bytearray()}
     cap = cfg["output_kb"] * 1024
@@ -203,15 +218,14 @@ def _run_cell(code, workdir, uid, cfg):
     finally:
         for fd in (out_r, err_r, pidfd):
             os.close(fd)
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"stdout": bytes(bufs[out_r]), "stderr": bytes(bufs[err_r]), "status": status,
             "timed_out": end == "timeout", "overflow": "overflow" in (end, drained)}
 
 
-def _cell(code, tmp, uid, out_w, err_w, cfg):
+def _cell(tmp, uid, code_r, out_w, err_w, cfg):
     parent = os.getppid()
     os.setsid()  # own session and process group: one killpg reaches everything it forks
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.dup2(code_r, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # not the worker's control socket, nor pipes
@@ -231,6 +245,8 @@ def _cell(code, tmp, uid, out_w, err_w, cfg):
     _libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the worker died before it was armed
         return
+    code = b"".join(iter(lambda: os.read(0, 1 << 16), b"")).decode("utf-8", "surrogatepass")
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # input() then fails fast with EOFError
     os.environ.update(HOME=tmp, TMPDIR=tmp)
     tempfile.tempdir = tmp  # the worker's cached value would point elsewhere
     sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)

@@ -2,6 +2,7 @@
 worker restarts and format_observation. CPU only, offline, ~20 s on 2 idle cores.
 Run as root (as CI does) to check the uid drop too; as another user those rows are skipped."""
 
+import glob
 import json
 import math
 import os
@@ -36,22 +37,30 @@ def parent_pids():
 
 
 def stray_processes():
-    """Processes below this test process other than its children (the workers): a cell's
-    leftovers, alive or zombie."""
-    parents, me, stray = parent_pids(), os.getpid(), []
-    for pid, ppid in parents.items():
-        p = ppid
-        while p in parents and p not in (0, 1, me):
+    """Processes under the workers (this process's children) other than the one cell per worker
+    that waits, forked ahead, for the next code: leftovers of earlier cells, alive or zombie."""
+    parents, me = parent_pids(), os.getpid()
+    workers = {pid for pid, ppid in parents.items() if ppid == me}
+    waiting = {ppid: pid for pid, ppid in parents.items() if ppid in workers}  # one per worker
+    stray = []
+    for pid in parents:
+        p = parents[pid]
+        while p in parents and p not in workers:
             p = parents[p]
-        if p == me and ppid != me:
+        if p in workers and pid not in waiting.values():
             stray.append(pid)
     return stray
 
 
 def leftover_cell_dirs(tmp):
-    """Everything below <tmp>/sandbox-*/<worker pid>/: the cells' temp dirs."""
-    return [os.path.join(root, name) for root, dirs, files in os.walk(tmp)
-            for name in dirs + files if os.path.relpath(root, tmp).count(os.sep) >= 1]
+    """Cell dirs in <tmp>/sandbox-*/<worker pid>/ beyond one empty dir per worker (the waiting
+    cell's): what earlier cells left behind."""
+    leftovers = []
+    for worker_dir in glob.glob(os.path.join(tmp, "sandbox-*", "*")):
+        cells = [os.path.join(worker_dir, c) for c in os.listdir(worker_dir)]
+        if len(cells) > 1 or any(os.listdir(c) for c in cells):
+            leftovers += cells
+    return leftovers
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +294,14 @@ def wait_gone(pid):
         time.sleep(0.01)
 
 
+def gone(find, seconds=2.0):
+    """True once find() returns nothing (a SIGKILLed process takes a moment to disappear)."""
+    deadline = time.monotonic() + seconds
+    while find() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not find()
+
+
 def processes_with(text):
     """pids whose command line contains text (a worker's and its cells' contain its config)."""
     found = []
@@ -313,11 +330,15 @@ def test_worker_restarts_after_it_dies():
     assert not r.ok and r.error.startswith("SandboxError"), r
     assert r.seconds < 5
     assert sb.run("print(2)").stdout == "2\n"
-    time.sleep(0.1)
     (pid,) = worker_pids() - before
-    assert processes_with(base) == [pid]  # the orphaned cell died with its worker
-    sb.close()
-    assert worker_pids() == before and processes_with(base) == []
+
+    def strays():  # this sandbox's processes other than the worker and its waiting cell
+        parents = parent_pids()
+        return [p for p in processes_with(base) if p != pid and parents.get(p) != pid]
+
+    assert gone(strays)
+    sb.close()  # the orphaned cell died with its worker, the new worker's next cell dies now
+    assert worker_pids() == before and gone(lambda: processes_with(base))
 
 
 def test_close_without_with():
