@@ -201,7 +201,9 @@ def _fork_cell(workdir, uid, cfg):
 
 
 def _run_cell(cell, code, cfg):
-    pid, tmp, code_w, out_r, err_r = cell
+    """Hand the waiting cell its code; collect its output until it exits, times out or passes
+    the output cap; then kill and reap everything it started."""
+    pid, _, code_w, out_r, err_r = cell
     try:
         with open(code_w, "wb") as f:  # closing it is the cell's signal to start
             f.write(code.encode("utf-8", "surrogatepass"))
@@ -245,17 +247,18 @@ def _cell(tmp, uid, code_r, out_w, err_w, cfg):
     _libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the worker died before it was armed
         return
-    code = b"".join(iter(lambda: os.read(0, 1 << 16), b"")).decode("utf-8", "surrogatepass")
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # input() then fails fast with EOFError
     os.environ.update(HOME=tmp, TMPDIR=tmp)
     tempfile.tempdir = tmp  # the worker's cached value would point elsewhere
-    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
     sys.stdout, sys.stderr = [open(fd, "w", encoding="utf-8", errors="backslashreplace",
                                    buffering=1, closefd=False) for fd in (1, 2)]
     sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
     sys.argv = ["-c"]
     main = types.ModuleType("__main__")  # a fresh namespace, as `python -c` would have
     sys.modules["__main__"] = main
+    # Set up: now wait for the code. The worker closes the pipe after writing it.
+    code = b"".join(iter(lambda: os.read(0, 1 << 16), b"")).decode("utf-8", "surrogatepass")
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # input() then fails fast with EOFError
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
     try:
         exec(compile(code, "<string>", "exec"), main.__dict__)
         status = 0
