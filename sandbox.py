@@ -130,8 +130,13 @@ def _serve(fd, cfg):
     cell = _fork_cell(workdir, uid, cfg)
     while True:
         try:
-            conn.send(_run_cell(cell, conn.recv(), cfg))
-        except (EOFError, BrokenPipeError, ConnectionResetError):  # the caller closed or died
+            code = conn.recv()
+        except (EOFError, ConnectionResetError):  # the caller closed the sandbox or died
+            _kill_all(cell[0])  # and reap the waiting cell, so it is nobody's zombie
+            return
+        try:
+            conn.send(_run_cell(cell, code, cfg))
+        except (BrokenPipeError, ConnectionResetError):
             return
         # Off the caller's clock: clean up, then fork and set up the next cell ahead of time.
         shutil.rmtree(cell[1], ignore_errors=True)  # its temp dir
@@ -304,7 +309,8 @@ def _read_pipes(bufs, cap, deadline, pidfd=None):
 def _kill_all(pid):
     """SIGKILL the cell and everything it started, reap them all, return the cell's status."""
     try:
-        os.killpg(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)  # the cell itself, even if it has not yet called setsid()
+        os.killpg(pid, signal.SIGKILL)  # its group
     except ProcessLookupError:
         pass
     status = os.waitpid(pid, 0)[1]
@@ -378,13 +384,20 @@ class _Worker:
         self.proc.wait()
         shutil.rmtree(os.path.join(self.cfg["base"], str(self.proc.pid)), ignore_errors=True)
 
+    def stop(self):
+        self.conn.close()  # the worker sees EOF, reaps its waiting cell and exits
+        try:
+            self.proc.wait(timeout=self.cfg["timeout_s"] + BACKSTOP_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
 
 def _shutdown(workers, base, owner):
     if os.getpid() != owner:  # a forked copy of the caller must not stop the caller's workers
         return
     for w in workers:
         if w.proc is not None:
-            w.kill()
+            w.stop()
     shutil.rmtree(base, ignore_errors=True)
 
 

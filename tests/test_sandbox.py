@@ -2,6 +2,7 @@
 worker restarts and format_observation. CPU only, offline, ~20 s on 2 idle cores.
 Run as root (as CI does) to check the uid drop too; as another user those rows are skipped."""
 
+import ctypes
 import glob
 import json
 import math
@@ -342,13 +343,24 @@ def test_worker_restarts_after_it_dies():
 
 
 def test_close_without_with():
+    """close() stops the workers and leaves no orphan behind, not even the cells they forked
+    ahead: this test process becomes a child subreaper meanwhile, so orphans would be ours."""
     before = worker_pids()
-    sb = Sandbox(workers=2, timeout_s=TIMEOUT_S)
-    assert len(worker_pids() - before) == 2
-    assert sb.run("print('hi')").ok
-    sb.close()
-    sb.close()  # idempotent
-    assert worker_pids() == before
+    prctl = ctypes.CDLL(None).prctl
+    prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    try:
+        sb = Sandbox(workers=2, timeout_s=TIMEOUT_S)
+        assert len(worker_pids() - before) == 2
+        assert all(r.ok for r in sb.run_many(["print('hi')"] * 4))
+        sb.close()
+        sb.close()  # idempotent
+        time.sleep(0.2)
+        adopted = worker_pids() - before
+        for pid in adopted:
+            os.waitpid(pid, 0)
+    finally:
+        prctl(36, 0, 0, 0, 0)
+    assert adopted == set()
     with pytest.raises(RuntimeError):
         sb.run("print('closed')")
 
