@@ -1,0 +1,536 @@
+"""
+rl.py: THOR's hierarchical RL (paper §2.3, Eq. 4-9): problems.jsonl + model dir -> model dir.
+
+One iteration, top to bottom in main():
+  1. Rollouts: G tool-integrated rollouts per problem (model.rollout, at most --max-tool-calls calls).
+  2. Episode level (Eq. 4-5): reward = answer correctness; A_i = (r_i - mean) / (std + eps) in the
+     problem's group. Paper rules: rollouts with a failed tool call are excluded, not penalised (the
+     failure may be the sandbox's); rollouts without a final \\boxed{} are dropped; groups whose rewards
+     are all equal are dropped and refilled with new problems (DAPO dynamic sampling, bounded rounds).
+  3. Step level (Eq. 6-8): for each failed call a_t in A_err, pref(tau, t) = history up to r_t^pre (cut
+     before the failing block and L_suf more tokens); G regenerations from it each stop after their
+     first executed block; reward = that call's success; advantages normalised in the prefix's group.
+  4. Update, L = L_episode + L_step (Eq. 9) with both sample kinds in one batch: old logprobs once per
+     rollout batch, then --updates-per-batch AdamW steps (the paper's off-policy GRPO): per-token ratio
+     clipped to [1 - eps_low, 1 + eps_high], token mean over the mini-batch, + nll_alpha * NLL on
+     positive-advantage samples, optional KL to a frozen reference. The sampler's mask is 1 only on
+     sampled tokens: the prompt, a step sample's prefix and every tool output are never trained on.
+  5. Log (JSONL + console), greedy held-out eval every --eval-every, checkpoint (also on Ctrl-C).
+
+Deliberate simplifications (the released verl fork does more):
+  1. At most one step-level prefix per problem, drawn at random from its group's failed calls (the
+     release caps the prefixes at the number of prompts per worker).
+  2. No dual clip (release: c = 3 for negative advantages), no "at least G/2 rollouts kept" group rule and
+     no minimum response length. Episode rollouts go on after a failed call (the release stops them).
+  3. Group statistics: unbiased std as in the release; a group with one kept rollout gets A = 0 (the
+     release's A = r has no baseline) and is dropped by dynamic sampling like any zero-std group.
+  4. Data parallel by an explicit gradient all-reduce instead of the DistributedDataParallel wrapper:
+     ranks hold different numbers of samples (dynamic sampling, step level, even none), and the token
+     mean is taken over the global mini-batch. Every rank keeps a full fp32 model + AdamW (bf16 autocast
+     on GPU): no FSDP/ZeRO, so ~1B parameters per 80 GB GPU at most.
+  5. Every random draw is seeded from (--seed, data position): runs are reproducible, --resume continues
+     bit for bit, and with --rollout-chunk set the samples do not depend on the number of ranks.
+
+In:  --data problems JSONL ({"id", "problem", "answer", ...}), --model a model dir (after sft.py).
+Out: --out model dir + trainer_state.pt (optimizer, iteration, data position) + log.jsonl (one record
+     per iteration), and a PNG of the learning curves (--plot, default <out>_curves.png).
+
+Toy default (no --model: out/sft -> out/rl with the TOY sizes below, a few minutes on a laptop CPU):
+    python tirgen.py && python sft.py && python rl.py
+Real model (paper defaults: G=16, lr 1e-6, clip 0.2/0.28, nll_alpha 0.01, no KL, L_suf 100, 5 calls):
+    python rl.py --model out/sft-7b --data torl28k.jsonl --out out/rl-7b
+    torchrun --nproc_per_node 8 rl.py --model out/sft-7b --data torl28k.jsonl --out out/rl-7b
+    torchrun --nproc_per_node 8 rl.py ... --engine vllm    # vLLM rollouts, weights pushed after each update
+    python rl.py ... --resume                              # continue from the checkpoint in --out
+Ablations: --no-step-level (paper T4), --no-episode-level, --keep-failed-episodes, --l-suf, --kl ...
+"""
+import argparse
+import contextlib
+import functools
+import json
+import math
+import os
+import random
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.utils.rnn import pad_sequence
+
+import model
+import rewards
+from sandbox import Sandbox
+
+STATE = "trainer_state.pt"
+RANK, WORLD = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+# The toy default: sizes shrunk so `python rl.py` runs in minutes on a CPU. A ~1M-parameter model needs
+# a far larger LR than the paper's 1e-6 for 7B, and a toy reasoning step is ~20 tokens, so L_suf = 10.
+TOY = dict(model="out/sft", data="data/toy_train.jsonl", out="out/rl", group_size=8, batch_problems=8, iterations=10,
+           updates_per_batch=2, lr=5e-4, l_suf=10, max_new_tokens=160, micro_batch=64, max_refills=1,
+           eval_data="data/toy_test.jsonl", eval_every=5, save_every=5)
+
+
+def print0(*a):
+    if RANK == 0:
+        print(*a, flush=True)
+
+
+def allsum(values, dev):
+    """Sum a list of numbers over the ranks."""
+    if WORLD == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    dist.all_reduce(t)
+    return t.tolist()
+
+# -----------------------------------------------------------------------------
+# CLI arguments
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Data and model
+    p.add_argument("--model", help="model dir to start from (default: the toy world: out/sft and the TOY sizes)")
+    p.add_argument("--data", help="training problems JSONL (id, problem, answer)")
+    p.add_argument("--out", default="out/rl", help="output model dir; also holds the checkpoint and log.jsonl")
+    p.add_argument("--template", default="raw", choices=["raw", "chat"], help="prompt convention (model.build_prompt)")
+    # Rollouts
+    p.add_argument("--group-size", type=int, default=16, help="G: rollouts per problem and regenerations per prefix (paper: 16)")
+    p.add_argument("--max-new-tokens", type=int, default=4096, help="response budget, tokens (paper: 4096 non-reasoning)")
+    p.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature (release: 1.0)")
+    p.add_argument("--max-tool-calls", type=int, default=5, help="tool executions per rollout (paper: 5)")
+    p.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="rollout sampler: model.py's KV-cached one, or vLLM")
+    p.add_argument("--vllm-gpu-mem", type=float, default=0.4, help="share of GPU memory vLLM may take (training uses the rest)")
+    p.add_argument("--rollout-chunk", type=int, default=0,
+                   help="problems per sampler call (0: one call per rank per round); set it to make samples independent of the rank count")
+    p.add_argument("--sandbox-workers", type=int, default=2, help="parallel code executions per rank")
+    p.add_argument("--tool-timeout", type=float, default=10.0, help="seconds per code execution")
+    # Episode level (Eq. 4-5)
+    p.add_argument("--no-episode-level", dest="episode_level", action="store_false", help="train on step-level samples only")
+    p.add_argument("--keep-failed-episodes", action="store_true", help="penalise rollouts with a failed call instead of excluding them (paper: exclude)")
+    p.add_argument("--keep-unboxed", action="store_true", help="score rollouts without a final \\boxed{} 0 instead of dropping them")
+    p.add_argument("--no-dynamic-sampling", dest="dynamic_sampling", action="store_false", help="keep zero-std groups (DAPO drops them)")
+    p.add_argument("--max-refills", type=int, default=3, help="extra rounds of problems drawn to refill dropped groups")
+    # Step level (Eq. 6-8)
+    p.add_argument("--no-step-level", dest="step_level", action="store_false", help="episode-level RL only (paper Table 3, T4)")
+    p.add_argument("--l-suf", type=int, default=100, help="L_suf: tokens of r_t regenerated before a failed block (release: 100)")
+    # Optimisation (Eq. 9)
+    p.add_argument("--iterations", type=int, default=100, help="rollout batches (release: 20 epochs of ToRL-28k, ~110)")
+    p.add_argument("--batch-problems", type=int, default=5120, help="problems per rollout batch, all ranks (release: 5120)")
+    p.add_argument("--updates-per-batch", type=int, default=40, help="optimizer steps (mini-batches) per rollout batch (release: 40)")
+    p.add_argument("--micro-batch", type=int, default=8, help="sequences per forward pass per rank (gradient accumulation)")
+    p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate, constant (paper: 1e-6)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (release: 0.01)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (release: 1.0)")
+    p.add_argument("--clip-low", type=float, default=0.2, help="eps_low: ratio clipped below at 1 - eps_low (paper: 0.2)")
+    p.add_argument("--clip-high", type=float, default=0.28, help="eps_high: ratio clipped above at 1 + eps_high (paper: 0.28)")
+    p.add_argument("--nll-alpha", type=float, default=0.01, help="nll_alpha: weight of the NLL on positive-advantage samples (paper: 0.01)")
+    p.add_argument("--kl", type=float, default=0.0, help="beta of a k3 KL penalty to the frozen --model (paper: 0, no reference model)")
+    # Runtime
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order and of every sampler call")
+    p.add_argument("--save-every", type=int, default=10, help="checkpoint every this many iterations (and at the end, and on Ctrl-C)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--eval-data", help="held-out problems JSONL for the greedy evaluation (default: none; toy: data/toy_test.jsonl)")
+    p.add_argument("--eval-problems", type=int, default=200, help="problems of --eval-data to evaluate")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every this many iterations, before the first and after the last (0: never)")
+    p.add_argument("--plot", help="PNG of the learning curves (default: <out>_curves.png)")
+    args = p.parse_args(argv)
+    if args.model is None:  # the toy default: explicit flags still win over the TOY sizes
+        p.set_defaults(**TOY)
+        args = p.parse_args(argv)
+        if not os.path.isdir(args.model):
+            raise SystemExit(f"{args.model} not found: run `python tirgen.py && python sft.py` first")
+    if args.data is None:
+        p.error("--data is required with --model")
+    if not (args.episode_level or args.step_level):
+        p.error("--no-episode-level and --no-step-level leave nothing to train on")
+    args.plot = args.plot or args.out.rstrip("/") + "_curves.png"
+    return args
+
+# -----------------------------------------------------------------------------
+# Data: an endless stream of problems; epoch e visits them in an order seeded by (seed, e)
+
+
+def read_jsonl(path):
+    out = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                    rec["problem"], rec["answer"]
+                except (ValueError, KeyError, TypeError) as e:
+                    raise SystemExit(f"{path}:{i}: not a problem record ({e!r})")
+                out.append(rec)
+    return out
+
+
+def seed_of(*keys):
+    """A seed from integers (--seed, a data position, a salt); hash() of an int tuple is the same in every process."""
+    return hash(keys) % 2 ** 63
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_order(n, seed, epoch):
+    return random.Random(seed_of(seed, epoch)).sample(range(n), n)
+
+
+def problem_at(data, pos, seed):
+    return data[epoch_order(len(data), seed, pos // len(data))[pos % len(data)]]
+
+# -----------------------------------------------------------------------------
+# Advantages, the step-level prefix, the loss and the update
+
+
+def group_advantages(rewards_, eps=1e-6):
+    """GRPO within one group: (r - mean) / (std + eps), unbiased std as the release's torch.std.
+    A zero-std group gets all zeros; so does a singleton (its only baseline is itself)."""
+    r = torch.tensor(rewards_, dtype=torch.float64)
+    if len(r) < 2:
+        return [0.0] * len(r)
+    return ((r - r.mean()) / (r.std() + eps)).tolist()
+
+
+def prefix_cut(mask, start, l_suf):
+    """Eq. 6: pref(tau, t) = (q, r_1, a_1, o_1, ..., r_t^pre). The failing block a_t starts at token
+    `start` of the response; r_t^suf is the L_suf tokens before it. r_t begins after the last forced
+    token (mask 0: an earlier tool output o_{t-1}, or a given prefix), or at the response start."""
+    r_t_start = max((i + 1 for i in range(start) if mask[i] == 0), default=0)
+    return max(start - l_suf, r_t_start)
+
+
+@dataclass
+class Sample:
+    ids: list                 # prompt + response token ids
+    mask: list                # 1 = sampled by the policy (trained on); 0 = prompt, given prefix, tool output
+    adv: float                # A_i (episode level) or A'_i (step level)
+    reward: float
+    old: torch.Tensor = None  # (T,) logprobs under pi_old, computed once per rollout batch
+    ref: torch.Tensor = None  # (T,) logprobs under the frozen reference (--kl)
+
+
+def to_sample(r, adv, reward):
+    return Sample(r.prompt_ids + r.response_ids, [0] * len(r.prompt_ids) + r.mask, adv, reward)
+
+
+def pg_loss(lp, old, adv, mask, n_tok, n_pos, eps_low=0.2, eps_high=0.28, nll_alpha=0.01, ref=None, kl=0.0):
+    """Eq. 4 / Eq. 7 (clipped surrogate) + nll_alpha * Eq. 5 (NLL on T_pos) [+ kl * k3 KL to a reference].
+    n_tok / n_pos count the trained tokens / those of positive-advantage samples in the whole mini-batch on
+    all ranks: summed over micro-batches and ranks, the gradients give the release's token mean (Eq. 4
+    writes a per-sequence mean). Also returns the clipped share and approx KL(pi_old || pi), token means."""
+    ratio = torch.exp(lp - old)                                              # (B, T) rho_{i,t} = pi/pi_old per token
+    a = adv[:, None]                                                         # (B, 1) one advantage per sample
+    surr = torch.min(ratio * a, ratio.clamp(1 - eps_low, 1 + eps_high) * a)  # (B, T) Eq. 4: min(rho A, clip(rho) A)
+    loss = -(surr * mask).sum() / n_tok                                      # token mean over the mini-batch
+    pos = mask * (adv > 0).to(mask.dtype)[:, None]                           # (B, T) tokens of T_pos = {A_i > 0}
+    loss = loss + nll_alpha * -(lp * pos).sum() / max(n_pos, 1)              # Eq. 5: alpha * L_NLL
+    if kl:
+        d = ref - lp                                                         # (B, T) k3 = e^d - d - 1 >= 0
+        loss = loss + kl * ((d.exp() - d - 1) * mask).sum() / n_tok
+    with torch.no_grad():
+        clipped = ((surr != ratio * a) & (mask > 0)).sum() / n_tok
+        approx_kl = (((ratio - 1) - (lp - old)) * mask).sum() / n_tok        # k3 of KL(pi_old || pi)
+    return loss, clipped.item(), approx_kl.item()
+
+
+def padded(samples, field, dev):
+    """(B, T) right-padded tensor of one per-sample field (padding: 0, always masked)."""
+    rows = [x if torch.is_tensor(x) else torch.tensor(x) for x in (getattr(s, field) for s in samples)]
+    return pad_sequence(rows, batch_first=True).to(dev)
+
+
+def token_logprobs(net, samples, temperature):
+    ids = padded(samples, "ids", net.device)                                    # (B, T)
+    attn = pad_sequence([torch.ones(len(s.ids), dtype=torch.long) for s in samples], batch_first=True).to(net.device)
+    return model.logprobs(net, ids, attn, temperature).float()                  # (B, T) log pi(token | before)
+
+def update(policy, ref, opt, params, samples, it, args, dev, amp):
+    """Eq. 9 on one rollout batch: old logprobs once, then K AdamW steps on mini-batches of it."""
+    mb_size, st = args.micro_batch, Counter()
+    with torch.no_grad(), amp():  # pi_old (and the reference) of Eq. 4, fixed for the K steps
+        for k in range(0, len(samples), mb_size):
+            part = samples[k:k + mb_size]
+            for s, o in zip(part, token_logprobs(policy, part, args.temperature)):
+                s.old = o[:len(s.ids)]
+            for s, r in zip(part, token_logprobs(ref, part, args.temperature) if args.kl else []):
+                s.ref = r[:len(s.ids)]
+    order = samples[:]
+    random.Random(seed_of(args.seed, it, 3)).shuffle(order)
+    K = args.updates_per_batch
+    for k in range(K):
+        mb = order[k::K]  # episode-level and step-level samples together (Eq. 9)
+        n_tok, n_pos = allsum([sum(sum(s.mask) for s in mb), sum(sum(s.mask) for s in mb if s.adv > 0)], dev)
+        if n_tok == 0:
+            continue
+        opt.zero_grad(set_to_none=False)
+        for j in range(0, len(mb), mb_size):
+            part = mb[j:j + mb_size]
+            with amp():
+                lp = token_logprobs(policy, part, args.temperature)                   # (B, T)
+            loss, clipped, akl = pg_loss(lp, padded(part, "old", dev), torch.tensor([s.adv for s in part], device=dev),
+                                         padded(part, "mask", dev).float(), n_tok, n_pos, args.clip_low, args.clip_high,
+                                         args.nll_alpha, padded(part, "ref", dev) if args.kl else None, args.kl)
+            loss.backward()
+            st.update(clip_frac=clipped, approx_kl=akl)
+        if WORLD > 1:  # data parallel: each rank's loss is its share of the global token mean
+            for q in params:
+                dist.all_reduce(q.grad)
+        st["grad_norm"] += torch.nn.utils.clip_grad_norm_(params, args.grad_clip).item()
+        opt.step()
+        st["steps"] += 1
+    return st
+
+# -----------------------------------------------------------------------------
+# Rollouts: episode-level groups, then step-level regenerations from their failed calls
+
+
+class TimedSandbox:
+    """Adds up the seconds the sampler waits for the sandbox (the "tool" share of rollout time)."""
+
+    def __init__(self, sb):
+        self.sb, self.seconds = sb, 0.0
+
+    def run_many(self, codes):
+        t = time.perf_counter()
+        out = self.sb.run_many(codes)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+def collect(engine, tok, sb, probs, pos0, args):
+    """Rollouts for problems at data positions pos0, pos0 + 1, ...: (training samples, stats)."""
+    G, st, samples, A_err = args.group_size, Counter(), [], []
+    sampling = dict(temperature=args.temperature, max_tool_calls=args.max_tool_calls)
+    prompts = [model.encode_prompt(tok, p["problem"], args.template) for p in probs]
+    rs = model.rollout(engine, tok, prompts, sb, n=G, max_new_tokens=args.max_new_tokens,
+                       seed=seed_of(args.seed, pos0, 0), **sampling)
+    for i, p in enumerate(probs):
+        group = rs[i * G:(i + 1) * G]
+        rew = [rewards.episode_reward(r.text, p["answer"]) for r in group]   # Eq. 4: correctness
+        # Paper §2.3: rollouts with a failed call are excluded (not penalised); unboxed ones are dropped.
+        keep = [(r, x) for r, x in zip(group, rew) if (args.keep_failed_episodes or r.tool_errors == 0)
+                and (args.keep_unboxed or "\\boxed{" in tok.decode(r.response_ids[-100:]))]
+        no_signal = len({x for _, x in keep}) < 2   # all rewards equal: DAPO dynamic sampling drops the group
+        if args.episode_level and keep and not (args.dynamic_sampling and no_signal):
+            adv = group_advantages([x for _, x in keep])
+            samples += [to_sample(r, a, x) for (r, x), a in zip(keep, adv)]
+            st.update(groups_kept=1, ep_samples=len(keep), sample_reward=sum(x for _, x in keep))
+        failed = [(r, c) for r in group for c in r.calls if not c.ok]         # A_err of this group
+        if failed:
+            A_err.append(random.Random(seed_of(args.seed, pos0 + i, 1)).choice(failed))
+        st.update(groups=1, rollouts=G, correct=sum(rew), calls=sum(r.tool_calls for r in group),
+                  calls_ok=sum(r.tool_calls - r.tool_errors for r in group),
+                  resp_tokens=sum(len(r.response_ids) for r in group), sampled=sum(sum(r.mask) for r in group),
+                  neg_logprob=-sum(lp for r in group for lp, m in zip(r.logprobs, r.mask) if m))
+    if args.step_level and A_err:
+        cuts = [prefix_cut(r.mask, c.start, args.l_suf) for r, c in A_err]
+        regen = model.rollout(engine, tok, [r.prompt_ids for r, _ in A_err], sb, n=G,
+                              prefixes=[r.response_ids[:k] for (r, _), k in zip(A_err, cuts)], stop_after_call=True,
+                              max_new_tokens=args.max_new_tokens - max(cuts), seed=seed_of(args.seed, pos0, 2), **sampling)
+        for j in range(len(A_err)):
+            group = regen[j * G:(j + 1) * G]
+            rew = [rewards.step_reward(r.calls[0].result) if r.calls else 0.0 for r in group]  # Eq. 8: pass reward
+            st.update(prefixes=1, step_rollouts=G, step_ok=sum(rew))
+            if args.dynamic_sampling and len(set(rew)) < 2:
+                continue
+            samples += [to_sample(r, a, x) for r, a, x in zip(group, group_advantages(rew), rew)]
+            st.update(step_groups_kept=1, step_samples=G, sample_reward=sum(rew))
+    return samples, st
+
+
+@torch.no_grad()
+def evaluate(engine, tok, sb, problems, args, dev):
+    """Greedy held-out accuracy and tool-call success, each rank solving its share."""
+    mine = problems[RANK::WORLD]
+    rs = model.rollout(engine, tok, [model.encode_prompt(tok, p["problem"], args.template) for p in mine], sb,
+                       max_new_tokens=args.max_new_tokens, temperature=0, max_tool_calls=args.max_tool_calls) if mine else []
+    n, correct, calls, ok = allsum([len(rs), sum(rewards.episode_reward(r.text, p["answer"]) for r, p in zip(rs, mine)),
+                                    sum(r.tool_calls for r in rs), sum(r.tool_calls - r.tool_errors for r in rs)], dev)
+    return {"eval_accuracy": correct / max(n, 1), "eval_tool_success": ok / max(calls, 1), "eval_calls": calls / max(n, 1)}
+
+# -----------------------------------------------------------------------------
+# Logging, checkpoints and the learning-curve plot
+
+STAT_KEYS = ["groups", "groups_kept", "rollouts", "correct", "calls", "calls_ok", "resp_tokens", "sampled", "neg_logprob",
+             "prefixes", "step_rollouts", "step_ok", "step_groups_kept", "ep_samples", "step_samples", "sample_reward",
+             "clip_frac", "approx_kl"]
+
+
+def summarise(st, upd, it, pos, secs, dev):
+    g = dict(zip(STAT_KEYS, allsum([st[k] for k in STAT_KEYS], dev)))
+    steps, n = max(upd["steps"], 1), g["ep_samples"] + g["step_samples"]
+    return {"iteration": it, "reward_mean": g["sample_reward"] / max(n, 1), "accuracy": g["correct"] / g["rollouts"],
+            "tool_success": g["calls_ok"] / max(g["calls"], 1), "calls_per_rollout": g["calls"] / g["rollouts"],
+            "response_len": g["resp_tokens"] / g["rollouts"], "dropped_groups": 1 - g["groups_kept"] / g["groups"],
+            "step_prefixes": int(g["prefixes"]), "step_reward": g["step_ok"] / g["step_rollouts"] if g["step_rollouts"] else None,
+            "dropped_step_groups": 1 - g["step_groups_kept"] / g["prefixes"] if g["prefixes"] else None,
+            "episode_samples": int(g["ep_samples"]), "step_samples": int(g["step_samples"]),
+            "clip_frac": g["clip_frac"] / steps, "approx_kl": g["approx_kl"] / steps,
+            "entropy": g["neg_logprob"] / max(g["sampled"], 1), "grad_norm": upd["grad_norm"] / steps, "updates": upd["steps"],
+            "s_rollout": secs[0], "s_tool": secs[1], "s_update": secs[2], "pos": pos}
+
+
+def console_line(r):
+    sr = "-" if r["step_reward"] is None else f"{r['step_reward']:.2f}"
+    ev = f" | eval acc {r['eval_accuracy']:.3f} tool ok {r['eval_tool_success']:.3f}" if "eval_accuracy" in r else ""
+    return (f"it {r['iteration']} | rew {r['reward_mean']:.2f} acc {r['accuracy']:.2f} tool ok {r['tool_success']:.2f} "
+            f"calls {r['calls_per_rollout']:.2f} len {r['response_len']:.0f} | drop {r['dropped_groups']:.2f} "
+            f"pref {r['step_prefixes']} step rew {sr} n {r['episode_samples']}+{r['step_samples']} | "
+            f"clip {r['clip_frac']:.3f} kl {r['approx_kl']:.1e} ent {r['entropy']:.2f} gn {r['grad_norm']:.2f} | "
+            f"s {r['s_rollout']:.0f}+{r['s_tool']:.0f}+{r['s_update']:.0f}{ev}")
+
+
+def save_checkpoint(policy, tok, opt, done, args):
+    if RANK == 0:
+        model.save(policy, tok, args.out)
+        tmp = os.path.join(args.out, STATE + ".tmp")
+        torch.save({"iteration": done[0], "pos": done[1], "seed": args.seed, "optimizer": opt.state_dict()}, tmp)
+        os.replace(tmp, os.path.join(args.out, STATE))  # the state file is written last, atomically
+
+
+def plot_curves(log_path, png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    recs = [json.loads(line) for line in open(log_path)]
+    panels = [("answer accuracy", ["accuracy", "eval_accuracy"]), ("tool-call success", ["tool_success", "eval_tool_success", "step_reward"]),
+              ("tool calls per rollout", ["calls_per_rollout", "eval_calls"]), ("response tokens", ["response_len"]),
+              ("dropped groups (share)", ["dropped_groups", "dropped_step_groups"]),
+              ("samples per batch", ["episode_samples", "step_samples", "step_prefixes"]),
+              ("entropy (nats/token)", ["entropy"]), ("update (log)", ["clip_frac", "approx_kl"])]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    for ax, (title, keys) in zip(axes.flat, panels):
+        for k in keys:
+            pts = [(r["iteration"], r[k]) for r in recs if r.get(k) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if k.startswith("eval") else ".", ms=4, label=k)
+        ax.set(title=title, xlabel="iteration", yscale="log" if "log" in title else "linear")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+# -----------------------------------------------------------------------------
+# Init and the training loop
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if WORLD > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    if dev != "cpu":
+        torch.cuda.set_device(dev)
+    amp = (lambda: torch.autocast("cuda", torch.bfloat16)) if dev != "cpu" else contextlib.nullcontext
+    data = read_jsonl(args.data)
+    eval_set = read_jsonl(args.eval_data)[:args.eval_problems] if args.eval_data and args.eval_every else []
+    # Model: fp32 weights (AdamW at lr 1e-6 needs them). Dropout stays off (eval mode), so pi_old and
+    # pi are the same function and the first mini-batch's ratio is exactly 1.
+    state_path = os.path.join(args.out, STATE)
+    if args.resume and not os.path.exists(state_path):
+        raise SystemExit(f"--resume: no checkpoint at {state_path}")
+    policy, tok = model.load(args.out if args.resume else args.model, device=dev, dtype=torch.float32)
+    ref = model.load(args.model, device=dev, dtype=torch.float32)[0].requires_grad_(False) if args.kl else None
+    params = [q for q in policy.parameters() if q.requires_grad]
+    for q in params:  # every rank all-reduces every gradient, even with no samples of its own
+        q.grad = torch.zeros_like(q)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    start, pos = 0, 0
+    if args.resume:
+        ckpt = torch.load(state_path, map_location=dev, weights_only=False)
+        if ckpt["seed"] != args.seed:
+            raise SystemExit(f"--resume: the checkpoint was made with --seed {ckpt['seed']}; the data order needs it")
+        opt.load_state_dict(ckpt["optimizer"])
+        start, pos = ckpt["iteration"], ckpt["pos"]
+    engine = policy
+    if args.engine == "vllm":
+        # under torchrun every rank runs its own in-process engine on its GPU, on its own problems
+        ddp = dict(distributed_executor_backend="external_launcher", data_parallel_size=WORLD) if WORLD > 1 else {}
+        engine = model.VLLM(args.model, gpu_memory_utilization=args.vllm_gpu_mem, seed=args.seed, **ddp)
+        engine.sync_weights(policy)
+    os.makedirs(args.out, exist_ok=True)
+    log_path = os.path.join(args.out, "log.jsonl")
+    if RANK == 0:  # a fresh run starts a new log; a resumed one drops the records past its checkpoint
+        old_log = list(open(log_path)) if args.resume and os.path.exists(log_path) else []
+        with open(log_path, "w") as f:
+            f.writelines(line for line in old_log if json.loads(line)["iteration"] <= start)
+
+    def log(rec):
+        print0(console_line(rec) if "accuracy" in rec else
+               f"it {rec['iteration']} | eval acc {rec['eval_accuracy']:.3f} tool ok {rec['eval_tool_success']:.3f}")
+        if RANK == 0:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    # Ctrl-C / SIGTERM: stop at once, except during an update, which finishes first; either way the
+    # checkpoint then holds the weights of the last completed iteration.
+    interrupted, in_update = [], [False]
+
+    def on_signal(sig, frame):
+        interrupted.append(sig)
+        if not in_update[0]:
+            raise KeyboardInterrupt
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    done = (start, pos)
+    print0(f"rl: {args.model} ({sum(q.numel() for q in params) / 1e6:.1f}M params) on {len(data)} problems, {WORLD} rank(s), "
+           f"G={args.group_size}, {args.batch_problems} problems x {args.updates_per_batch} updates per batch")
+    with Sandbox(workers=args.sandbox_workers, timeout_s=args.tool_timeout) as raw_sb:
+        sb = TimedSandbox(raw_sb)
+        try:
+            if eval_set and start == 0:
+                with amp():
+                    log({"iteration": 0, **evaluate(engine, tok, sb, eval_set, args, dev)})
+            for it in range(start, args.iterations):
+                # --- rollouts, in rounds: DAPO dynamic sampling refills the groups it dropped
+                t0, sb.seconds = time.perf_counter(), 0.0
+                samples, st, kept = [], Counter(), 0
+                for _ in range(1 + args.max_refills):
+                    need = args.batch_problems - kept
+                    size = args.rollout_chunk or math.ceil(need / WORLD)
+                    chunks = [range(pos + k, pos + min(k + size, need)) for k in range(0, need, size)]
+                    for chunk in chunks[RANK::WORLD]:  # chunk c of a round goes to rank c % WORLD
+                        with amp():
+                            s, c = collect(engine, tok, sb, [problem_at(data, q, args.seed) for q in chunk], chunk[0], args)
+                        samples += s
+                        st.update(c)
+                    pos += need
+                    kept = int(allsum([st["groups_kept"]], dev)[0])
+                    if not (args.episode_level and args.dynamic_sampling) or kept >= args.batch_problems:
+                        break
+                t_roll, t_tool = time.perf_counter() - t0, sb.seconds
+                # --- update (no interrupt in the middle: a checkpoint never holds half an iteration)
+                t0, in_update[0] = time.perf_counter(), True
+                upd = update(policy, ref, opt, params, samples, it, args, dev, amp)
+                if args.engine == "vllm":
+                    engine.sync_weights(policy)  # the next rollouts sample from the new weights
+                done, in_update[0] = (it + 1, pos), False
+                if interrupted:
+                    raise KeyboardInterrupt
+                # --- log, evaluate, checkpoint
+                st.update(clip_frac=upd["clip_frac"], approx_kl=upd["approx_kl"])
+                rec = summarise(st, upd, it + 1, pos, (t_roll - t_tool, t_tool, time.perf_counter() - t0), dev)
+                if eval_set and ((it + 1) % args.eval_every == 0 or it + 1 == args.iterations):
+                    with amp():
+                        rec.update(evaluate(engine, tok, sb, eval_set, args, dev))
+                log(rec)
+                if args.save_every and (it + 1) % args.save_every == 0:
+                    save_checkpoint(policy, tok, opt, done, args)
+        except KeyboardInterrupt:
+            print0(f"interrupted: saving the checkpoint of iteration {done[0]}")
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+    save_checkpoint(policy, tok, opt, done, args)
+    if RANK == 0:
+        plot_curves(log_path, args.plot)
+        print0(f"wrote {args.out} and {args.plot}")
+    if WORLD > 1:
+        dist.destroy_process_group()
+    return done
+
+
+if __name__ == "__main__":
+    main()
