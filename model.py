@@ -186,6 +186,13 @@ class _Row:
         self.retries = 0                # self-correction attempts for the current failing call
         self.use_prefill_logits = False
         self.done = False
+        text = tok.decode(prefix)   # a prefix may end inside an open ```python block
+        k = text.rfind(FENCE_OPEN)
+        if k >= 0 and "```" not in text[k + len(FENCE_OPEN):]:
+            j = len(prefix) - 1
+            while FENCE_OPEN not in tok.decode(prefix[j:]):
+                j -= 1
+            self.code_start = j
 
     def push(self, t, m, lp):
         r = self.r

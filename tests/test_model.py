@@ -173,3 +173,12 @@ def test_self_correction_at_the_very_start(tiny_dir, sandbox):
     m = ScriptedLM(tok, policy)
     r = model.rollout(m, tok, prompts_for(tok, ["qe"]), sandbox, max_new_tokens=100, temperature=0, n_corr=2, l_suf=50)[0]
     assert r.corrections == 1 and r.text.startswith("```python\nprint(2)") and r.calls[0].ok
+
+
+def test_prefix_ending_inside_a_code_block(tiny_dir, sandbox):
+    _, tok = model.load(tiny_dir)
+    m = ScriptedLM(tok, code_policy(["print(6*7)"]))
+    prefix = tok.encode("Let me compute.\n```python\nprint(6", add_special_tokens=False)
+    r = model.rollout(m, tok, prompts_for(tok, ["q6"]), sandbox, max_new_tokens=200, temperature=0, prefixes=[prefix])[0]
+    assert r.tool_calls == 1 and r.calls[0].ok and r.calls[0].code.strip() == "print(6*7)"
+    assert tok.decode(r.response_ids[r.calls[0].start:]).startswith("```python")
