@@ -30,10 +30,12 @@ Deliberate simplifications (the released verl fork does more):
      on GPU): no FSDP/ZeRO, so ~1B parameters per 80 GB GPU at most.
   5. Every random draw is seeded from (--seed, data position): runs are reproducible, --resume continues
      bit for bit, and with --rollout-chunk set the samples do not depend on the number of ranks.
+  6. --engine vllm (one in-process engine per rank, weights pushed through model.VLLM.sync_weights after
+     each update) is not exercised by the CPU tests; the HF sampler is the reference path.
 
 In:  --data problems JSONL ({"id", "problem", "answer", ...}), --model a model dir (after sft.py).
 Out: --out model dir + trainer_state.pt (optimizer, iteration, data position) + log.jsonl (one record
-     per iteration), and a PNG of the learning curves (--plot, default <out>_curves.png).
+     per iteration), and <out>_curves.png, the learning curves drawn from that log.
 
 Toy default (no --model: out/sft -> out/rl with the TOY sizes below, a few minutes on a laptop CPU):
     python tirgen.py && python sft.py && python rl.py
@@ -70,7 +72,7 @@ RANK, WORLD = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1
 # a far larger LR than the paper's 1e-6 for 7B, and a toy reasoning step is ~20 tokens, so L_suf = 10.
 TOY = dict(model="out/sft", data="data/toy_train.jsonl", out="out/rl", group_size=8, batch_problems=8, iterations=10,
            updates_per_batch=2, lr=5e-4, l_suf=10, max_new_tokens=160, micro_batch=64, max_refills=1,
-           eval_data="data/toy_test.jsonl", eval_every=5, save_every=5)
+           eval_data="data/toy_test.jsonl", eval_every=5, save_every=5, threads=1)
 
 
 def print0(*a):
@@ -131,12 +133,13 @@ def parse_args(argv=None):
     p.add_argument("--kl", type=float, default=0.0, help="beta of a k3 KL penalty to the frozen --model (paper: 0, no reference model)")
     # Runtime
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and of every sampler call")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0: its default; toy: 1, a tiny model gains nothing and the sandbox needs the cores)")
     p.add_argument("--save-every", type=int, default=10, help="checkpoint every this many iterations (and at the end, and on Ctrl-C)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--eval-data", help="held-out problems JSONL for the greedy evaluation (default: none; toy: data/toy_test.jsonl)")
     p.add_argument("--eval-problems", type=int, default=200, help="problems of --eval-data to evaluate")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every this many iterations, before the first and after the last (0: never)")
-    p.add_argument("--plot", help="PNG of the learning curves (default: <out>_curves.png)")
     args = p.parse_args(argv)
     if args.model is None:  # the toy default: explicit flags still win over the TOY sizes
         p.set_defaults(**TOY)
@@ -147,7 +150,7 @@ def parse_args(argv=None):
         p.error("--data is required with --model")
     if not (args.episode_level or args.step_level):
         p.error("--no-episode-level and --no-step-level leave nothing to train on")
-    args.plot = args.plot or args.out.rstrip("/") + "_curves.png"
+    args.plot = args.out.rstrip("/") + "_curves.png"
     return args
 
 # -----------------------------------------------------------------------------
@@ -155,17 +158,16 @@ def parse_args(argv=None):
 
 
 def read_jsonl(path):
-    out = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rec = json.loads(line)
-                    rec["problem"], rec["answer"]
-                except (ValueError, KeyError, TypeError) as e:
-                    raise SystemExit(f"{path}:{i}: not a problem record ({e!r})")
-                out.append(rec)
-    return out
+    """Problem records; a malformed line stops the run with file:line: reason (DESIGN.md)."""
+    recs = []
+    for i, line in enumerate(open(path), 1):
+        if line.strip():
+            try:
+                recs.append(json.loads(line))
+                recs[-1]["problem"], recs[-1]["answer"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise SystemExit(f"{path}:{i}: not a problem record ({e!r})")
+    return recs
 
 
 def seed_of(*keys):
@@ -425,6 +427,8 @@ def main(argv=None):
     if dev != "cpu":
         torch.cuda.set_device(dev)
     amp = (lambda: torch.autocast("cuda", torch.bfloat16)) if dev != "cpu" else contextlib.nullcontext
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = read_jsonl(args.data)
     eval_set = read_jsonl(args.eval_data)[:args.eval_problems] if args.eval_data and args.eval_every else []
     # Model: fp32 weights (AdamW at lr 1e-6 needs them). Dropout stays off (eval mode), so pi_old and
