@@ -1,0 +1,407 @@
+"""
+Cold-start SFT (paper §2.3, Eq. 3): sft.jsonl + model dir -> model dir.
+
+In:  trajectory JSONL (DESIGN.md: the problem fields + "response", the tool-integrated text with the
+     environment's ```output blocks), e.g. what `python tirgen.py` writes; a model dir.
+Out: a model dir (`save_pretrained`, loads in every later stage) + train_state.pt (optimizer, step,
+     RNG, data order) for --resume; optionally the held-out accuracy of the result (--eval-n).
+
+Eq. 3, L_SFT = -sum_t log pi(y_t | q, I, y_<t), is a token mean over the trained tokens of a batch:
+  - Trained: the response text the model writes, and the EOS after it (the model must learn to stop).
+  - Masked: the prompt, and every environment-inserted "\\n```output\\n...\\n```\\n" block. The paper is
+    silent here (ms-swift, which the release uses, trains on all assistant tokens). We mask them because
+    the model never writes them: at rollout time they are forced tokens (model.rollout's mask 0), and
+    fitting them would teach the model to guess sandbox output in its head.
+  - Token-in/token-out like the sampler: the prompt is model.encode_prompt(), and the response is split
+    at its observation blocks with each piece encoded on its own (model text up to the closing fence,
+    observation, model text, ...), exactly the ids model.rollout produces for the same trajectory.
+Simplifications:
+  1. DDP keeps a full fp32 copy of the model and of AdamW's state on every GPU (bf16 autocast for the
+     math); fine up to ~1B parameters on 80 GB. The paper's 7B/8B runs need ZeRO/FSDP (not here).
+  2. Constant LR after a linear warm-up (paper: constant 2e-6; the release adds warm-up ratio 0.05).
+  3. Length bucketing: each epoch sorts the examples by length and cuts them into micro-batches of
+     --batch-size, so a batch pads only to near-equal lengths; the batches are then shuffled.
+     Records longer than --max-len are dropped (counted), not truncated.
+
+Toy default (out/toy_sft.jsonl + out/tiny -> out/sft, ~3 min on a laptop CPU):
+    python tirgen.py && python sft.py
+    python sft.py --eval-only --model out/tiny --eval-n 200        # the untrained model, for comparison
+Real model (paper: lr 2e-6 constant, 1 epoch, global batch 256, 4096 tokens for non-reasoning models):
+    python sft.py --data sft.jsonl --model Qwen2.5-Math-1.5B --out out/sft-1.5b --lr 2e-6 --epochs 1 \\
+        --batch-size 2 --grad-accum 128 --max-len 4096 --eval-every 50 --eval-n 0 --grad-checkpointing
+    torchrun --nproc_per_node 8 sft.py ... --grad-accum 16      # global batch = batch-size x grad-accum x 8
+    python sft.py ... --resume                                  # continue an interrupted run from --out
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import model
+
+TOY_DATA = "out/toy_sft.jsonl"
+STATE = "train_state.pt"
+OUT_OPEN, OUT_CLOSE = "\n```output\n", "\n```\n"  # model.observation_text(obs) == OUT_OPEN + obs + OUT_CLOSE
+
+# -----------------------------------------------------------------------------
+# CLI arguments
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Data and model
+    p.add_argument("--data", default=TOY_DATA, help="trajectory JSONL (problem fields + response)")
+    p.add_argument("--model", default=model.TINY_DIR, help="model dir to start from (out/tiny is built if missing)")
+    p.add_argument("--out", default="out/sft", help="output model dir; also holds the checkpoint")
+    p.add_argument("--template", default="raw", choices=["raw", "chat"], help="prompt convention (model.build_prompt)")
+    p.add_argument("--max-len", type=int, default=4096, help="drop records longer than this many tokens (paper: 4096)")
+    p.add_argument("--heldout", type=float, default=0.05, help="fraction of the records kept out for the held-out loss")
+    # Optimization
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, constant after warm-up (paper: 2e-6)")
+    p.add_argument("--warmup", type=float, default=0.05, help="linear warm-up, as a fraction of all steps")
+    p.add_argument("--epochs", type=int, default=4, help="passes over the training records (paper: 1)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch per process")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--clip", type=float, default=1.0, help="max gradient norm (0: off)")
+    # Runtime
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the data order and the init RNG")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (the tiny model's matrices are too "
+                   "small to split: 1 thread is several times faster than 2 on a busy 2-core machine)")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (saves memory)")
+    p.add_argument("--eval-every", type=int, default=25, help="held-out loss every this many steps (0: only at the end)")
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint every this many steps (and at the end)")
+    p.add_argument("--max-steps", type=int, default=0, help="stop (with a checkpoint) after this many steps; 0: run all")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    # Evaluation: tool-integrated rollouts of the final model on held-out problems
+    p.add_argument("--eval-n", type=int, default=200, help="problems of --eval-data to solve at the end (0: skip)")
+    p.add_argument("--eval-data", default="data/toy_test.jsonl", help="held-out problems JSONL (problem, answer)")
+    p.add_argument("--eval-only", action="store_true", help="only evaluate --model, no training")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the evaluation (0: greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="response budget of the evaluation, tokens")
+    p.add_argument("--max-tool-calls", type=int, default=5, help="tool-call budget of the evaluation")
+    return p.parse_args(argv)
+
+# -----------------------------------------------------------------------------
+# Data: read and check every record before training, encode like the sampler, bucket by length
+
+
+def split_response(resp):
+    """[(text, trained)]: the model's pieces (trained) and the environment's observation blocks
+    (masked), in order. A ```python block must be closed and followed by its ```output block."""
+    pieces, pos = [], 0
+    while True:
+        code, out = resp.find("```python", pos), resp.find("```output", pos)
+        if out != -1 and (code == -1 or out < code):
+            raise ValueError(f"```output block at char {out} follows no ```python block (the model never writes one)")
+        if code == -1:
+            break
+        nl = resp.find("\n", code)  # like model.CODE_RE: the fence line, then the code, then ```
+        close = resp.find("```", nl + 1) if nl != -1 else -1
+        if close == -1:
+            raise ValueError(f"unclosed ```python block at char {code}")
+        close += 3
+        if not resp.startswith(OUT_OPEN, close):
+            raise ValueError(f"```python block at char {code} is not followed by an ```output block")
+        end = resp.find(OUT_CLOSE, close + len(OUT_OPEN))
+        if end == -1:
+            raise ValueError(f"unclosed ```output block at char {close}")
+        end += len(OUT_CLOSE)
+        pieces += [(resp[pos:close], 1), (resp[close:end], 0)]
+        pos = end
+    return pieces + [(resp[pos:], 1)]
+
+
+def read_records(path):
+    """[(problem, pieces)] of a trajectory JSONL; a bad record is a `file:line: reason` exit."""
+    if not os.path.exists(path):
+        hint = ": run `python tirgen.py` first" if path == TOY_DATA else ""
+        raise SystemExit(f"{path} not found{hint}")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                r = json.loads(line)
+                if not isinstance(r, dict):
+                    raise ValueError("not a JSON object")
+                for key in ("problem", "response"):
+                    if not isinstance(r.get(key), str):
+                        raise ValueError(f"no {key!r} string")
+                records.append((r["problem"], split_response(r["response"])))
+            except ValueError as e:  # json.JSONDecodeError is a ValueError
+                raise SystemExit(f"{path}:{n}: {e}")
+    if not records:
+        raise SystemExit(f"{path}: no records")
+    return records
+
+
+def encode(tok, problem, pieces, template):
+    """(ids, mask): the token ids the sampler sees and 1 where the token is trained (Eq. 3)."""
+    ids = model.encode_prompt(tok, problem, template)
+    mask = [0] * len(ids)
+    for text, trained in pieces:  # each piece on its own, as model.rollout produces them
+        piece = tok.encode(text, add_special_tokens=False)
+        ids += piece
+        mask += [trained] * len(piece)
+    return ids + [tok.eos_token_id], mask + [1]
+
+
+def make_plan(lengths, batch_size, epochs, seed):
+    """Every micro-batch of the run, in order: per epoch, shuffle, sort by length (stable, so equal
+    lengths stay shuffled), cut into batches of `batch_size`, shuffle the batches."""
+    rng = random.Random(seed)
+    plan = []
+    for _ in range(epochs):
+        order = sorted(rng.sample(range(len(lengths)), len(lengths)), key=lengths.__getitem__)
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        rng.shuffle(batches)
+        plan += batches
+    return plan
+
+
+def collate(examples, pad, device):
+    """Right-padded (B, T) ids, attention mask and loss mask."""
+    T = max(len(ids) for ids, _ in examples)
+    ids = torch.tensor([ids + [pad] * (T - len(ids)) for ids, _ in examples], device=device)
+    attn = torch.tensor([[1] * len(ids) + [0] * (T - len(ids)) for ids, _ in examples], device=device)
+    mask = torch.tensor([m + [0] * (T - len(m)) for _, m in examples], device=device)
+    return ids, attn, mask
+
+# -----------------------------------------------------------------------------
+# Evaluation: held-out loss, and tool-integrated rollouts on held-out problems
+
+
+def print0(*a):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*a, flush=True)
+
+
+def all_sum(*xs):
+    """Sums floats over all processes (a no-op without torchrun)."""
+    t = torch.tensor(xs, dtype=torch.float64)
+    if dist.is_initialized():
+        t = t.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def batch_nll(m, ids, attn, mask, autocast):
+    """(sum of -log pi over trained tokens, their number) for one (B, T) batch."""
+    with autocast:
+        lp = model.logprobs(m, ids, attn)  # (B, T), column t: log pi(ids[t] | ids[<t])
+    return -(lp * mask).sum(), mask.sum().item()
+
+
+@torch.no_grad()
+def heldout_loss(m, examples, args, pad, device, autocast, rank, world):
+    m.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    batches = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+    nll = n = 0.0
+    for b in batches[rank::world]:
+        s, c = batch_nll(m, *collate([examples[i] for i in b], pad, device), autocast)
+        nll, n = nll + s.item(), n + c
+    m.train()
+    nll, n = all_sum(nll, n)
+    return nll / max(n, 1)
+
+
+def solve_rate(m, tok, args):
+    """Rolls `m` out with tools on the first --eval-n problems of --eval-data: accuracy (rewards.is_equiv
+    on rewards.extract_answer) and tool calls per problem and their success rate."""
+    import rewards
+    from sandbox import Sandbox
+    with open(args.eval_data, encoding="utf-8") as f:
+        problems = [json.loads(line) for line in f][:args.eval_n]
+    prompts = [model.encode_prompt(tok, p["problem"], args.template) for p in problems]
+    m.eval()
+    with Sandbox(workers=2, timeout_s=10.0) as sb:
+        rs = model.rollout(m, tok, prompts, sb, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           seed=args.seed, max_tool_calls=args.max_tool_calls)
+    correct = rewards.grade_many([(rewards.extract_answer(r.text), p["answer"]) for r, p in zip(rs, problems)])
+    calls = sum(r.tool_calls for r in rs)
+    return dict(n=len(rs), accuracy=sum(correct) / len(rs), calls=calls / len(rs),
+                call_ok=1 - sum(r.tool_errors for r in rs) / max(calls, 1))
+
+
+def eval_line(e):
+    return (f"{e['accuracy']:.1%} of {e['n']} solved; {e['calls']:.2f} tool calls per problem, "
+            f"{e['call_ok']:.1%} of them succeeded")
+
+# -----------------------------------------------------------------------------
+# Checkpoint: the model dir + train_state.pt, swapped in whole so a crash mid-save keeps the last one
+
+
+def save_checkpoint(m, tok, opt, step, plan, heldout_ids, world, out):
+    tmp, old = out + ".tmp", out + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(m, tok, tmp)
+    rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    torch.save(dict(step=step, plan=plan, heldout=heldout_ids, world=world, optimizer=opt.state_dict(), rng=rng),
+               os.path.join(tmp, STATE))
+    if os.path.isdir(out):
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+# -----------------------------------------------------------------------------
+# Init, then the training loop
+
+
+def split_data(args, tok, records, state):
+    """Encoded train and held-out examples, the held-out indices and the run's micro-batch plan
+    (both from the checkpoint on --resume, so the data order carries on where it stopped)."""
+    encoded = [encode(tok, problem, pieces, args.template) for problem, pieces in records]
+    examples = [e for e in encoded if len(e[0]) <= args.max_len]
+    if not examples:
+        raise SystemExit(f"{args.data}: every record is longer than --max-len {args.max_len}")
+    if len(examples) < len(encoded):
+        print0(f"{len(encoded) - len(examples)} records longer than --max-len {args.max_len} dropped")
+    n_held = max(1, int(args.heldout * len(examples))) if args.heldout > 0 and len(examples) > 1 else 0
+    heldout_ids = state["heldout"] if state else sorted(random.Random(args.seed).sample(range(len(examples)), n_held))
+    held = set(heldout_ids)
+    train = [e for i, e in enumerate(examples) if i not in held]
+    plan = state["plan"] if state else make_plan([len(ids) for ids, _ in train], args.batch_size, args.epochs, args.seed)
+    if state and max(i for b in plan for i in b) >= len(train):
+        raise SystemExit(f"--resume: the checkpoint in {args.out} was made with other data")
+    return train, [examples[i] for i in heldout_ids], heldout_ids, plan
+
+
+def report(summary, args):
+    rows = [("steps", f"{summary['steps']} of {summary['total_steps']}"
+             + (" (--resume continues)" if summary["steps"] < summary["total_steps"] else "")),
+            ("tokens this run", f"{summary['tokens']:,} ({summary['trained_tokens']:,} trained)"),
+            ("train loss (last 10 steps)", f"{summary['train_loss']:.4f}"),
+            ("held-out loss", f"{summary['first_heldout_loss']:.4f} -> {summary['heldout_loss']:.4f}"),
+            ("seconds", f"{summary['seconds']:.0f}"), ("model dir", args.out)]
+    if "eval" in summary:
+        rows.append((f"held-out solve rate ({args.eval_data})", eval_line(summary["eval"])))
+    w = max(len(k) for k, _ in rows)
+    print("\n".join(f"  {k:<{w}}  {v}" for k, v in rows))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ddp = "RANK" in os.environ
+    if ddp:  # torchrun: one process per GPU (or gloo processes on CPU)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(args.threads)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    torch.manual_seed(args.seed)
+    records = None if args.eval_only else read_records(args.data)  # every record is checked before training
+    if args.model == model.TINY_DIR and rank == 0:
+        model.ensure_tiny()
+    if ddp:
+        dist.barrier()
+    if args.eval_only:
+        m, tok = model.load(args.model, device=device)
+        summary = {}
+        if rank == 0:
+            summary["eval"] = solve_rate(m, tok, args)
+            print(f"{args.model}: {eval_line(summary['eval'])}")
+        return m, summary
+    state = None
+    if args.resume:
+        if not os.path.exists(os.path.join(args.out, STATE)):
+            raise SystemExit(f"--resume: no checkpoint in {args.out}")
+        state = torch.load(os.path.join(args.out, STATE), map_location="cpu", weights_only=False)
+        if state["world"] != world:
+            raise SystemExit(f"--resume: the checkpoint in {args.out} was made with {state['world']} processes, not {world}")
+    # Weights in fp32 (the master copy); on GPU the math runs under bf16 autocast.
+    m, tok = model.load(args.out if state else args.model, device=device, dtype=torch.float32)
+    train, heldout, heldout_ids, plan = split_data(args, tok, records, state)
+    # Rank r takes micro-batches r, r + world, ...; an optimizer step takes --grad-accum of them per rank.
+    mine = plan[rank:len(plan) // world * world:world]
+    total_steps = math.ceil(len(mine) / args.grad_accum)
+    warmup_steps = max(1, round(args.warmup * total_steps))
+    print0(f"{len(train)} train / {len(heldout)} held-out records from {args.data}; {total_steps} steps of "
+           f"{args.batch_size}x{args.grad_accum}x{world} sequences; {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M parameters")
+
+    if args.grad_checkpointing:
+        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    m.train()
+    raw = m
+    if ddp:
+        m = torch.nn.parallel.DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = torch.optim.AdamW(raw.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    step = 0
+    if state:
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        step = state["step"]
+        print0(f"resumed from {args.out} at step {step}")
+
+    pad = tok.pad_token_id
+    # Held-out loss runs on the unwrapped model: ranks hold unequal shares of the held-out records and
+    # a DDP forward would start a collective on some ranks only (a hang).
+    first_heldout = heldout_loss(raw, heldout, args, pad, device, autocast, rank, world) if heldout else float("nan")
+    last_heldout, train_losses, tokens, trained_tokens = first_heldout, [], 0, 0
+    stop = min(total_steps, step + args.max_steps) if args.max_steps else total_steps
+    t0 = time.time()
+    bar = tqdm(total=total_steps, initial=step, disable=rank != 0, desc="sft", dynamic_ncols=True)
+    while step < stop:
+        micro = [[train[i] for i in b] for b in mine[step * args.grad_accum:(step + 1) * args.grad_accum]]
+        # Eq. 3 as a token mean over the whole global batch: every micro-batch's summed NLL is divided
+        # by the number of trained tokens on all ranks; x world undoes DDP's averaging of gradients.
+        n_global, = all_sum(sum(sum(mk) for mb in micro for _, mk in mb))
+        nll_sum = 0.0
+        for k, mb in enumerate(micro):
+            ids, attn, mask = collate(mb, pad, device)  # (B, T) each
+            last = k == len(micro) - 1  # DDP all-reduces the gradients on the last micro-batch only
+            with m.no_sync() if ddp and not last else contextlib.nullcontext():
+                nll, _ = batch_nll(m, ids, attn, mask, autocast)
+                (nll * world / n_global).backward()
+            nll_sum += nll.item()
+            tokens += int(attn.sum())
+        lr = args.lr * min(1.0, (step + 1) / warmup_steps)  # linear warm-up, then constant (§2.3)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(raw.parameters(), args.clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        train_losses.append(all_sum(nll_sum)[0] / n_global)
+        trained_tokens += int(n_global)
+        if heldout and (step == stop or (args.eval_every and step % args.eval_every == 0)):
+            last_heldout = heldout_loss(raw, heldout, args, pad, device, autocast, rank, world)
+            if rank == 0:
+                tqdm.write(f"step {step}: train loss {train_losses[-1]:.4f}, held-out loss {last_heldout:.4f}")
+        if rank == 0 and (step == stop or step % args.save_every == 0):
+            save_checkpoint(raw, tok, opt, step, plan, heldout_ids, world, args.out)
+        bar.update(1)
+        bar.set_postfix(loss=f"{train_losses[-1]:.3f}", lr=f"{lr:.1e}")
+    bar.close()
+
+    # Summary, and the held-out solve rate of the final model (rank 0).
+    summary = dict(steps=step, total_steps=total_steps, seconds=time.time() - t0, tokens=int(all_sum(tokens)[0]),
+                   trained_tokens=trained_tokens, train_loss=sum(train_losses[-10:]) / max(len(train_losses[-10:]), 1),
+                   heldout_loss=last_heldout, first_heldout_loss=first_heldout)
+    if ddp:
+        dist.barrier()
+    if rank == 0:
+        if args.eval_n > 0:
+            summary["eval"] = solve_rate(raw, tok, args)
+        report(summary, args)
+    if ddp:
+        dist.destroy_process_group()
+    return raw, summary
+
+
+if __name__ == "__main__":
+    main()
