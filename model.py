@@ -295,9 +295,47 @@ def sample_token(logits, temperature, top_k, top_p, gen):
     return ids, logp.gather(-1, ids[:, None])[:, 0]
 
 
+def kv_cache(model):
+    """The sampler's KV cache: transformers' `Cache` container (so any HF model can use it), with
+    our own `_KVLayer` for every full-attention layer. HF's default `DynamicLayer` appends with
+    torch.cat, copying the whole cache at every token (O(length) per step, O(length^2) per rollout);
+    ours writes into preallocated buffers that double when full. Sliding-window layers keep HF's."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class _KVLayer(DynamicLayer):
+        def update(self, k, v, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(k, v)
+                self.n, self.kbuf, self.vbuf = 0, k[:, :, :0], v[:, :, :0]
+            n, s = self.n, k.shape[-2]
+            if n + s > self.kbuf.shape[-2]:  # full: copy once into twice the room, later appends are free
+                cap = max(2 * (n + s), 64)
+                grow = lambda b: torch.cat([b[:, :, :n], b.new_empty(*b.shape[:2], cap - n, b.shape[-1])], 2)
+                self.kbuf, self.vbuf = grow(self.kbuf), grow(self.vbuf)
+            self.kbuf[:, :, n:n + s], self.vbuf[:, :, n:n + s] = k, v
+            self.n = n + s
+            self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
+            return self.keys, self.values
+
+        def _select(self, f):  # batch surgery on the buffers; the views follow
+            if self.is_initialized and self.n:
+                self.kbuf, self.vbuf = f(self.kbuf), f(self.vbuf)
+                self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
+
+        def batch_repeat_interleave(self, repeats):
+            self._select(lambda b: b.repeat_interleave(repeats, 0))
+
+        def batch_select_indices(self, indices):
+            self._select(lambda b: b[indices])
+
+    cache = DynamicCache(config=model.config)
+    cache.layers = [_KVLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
 @torch.no_grad()
 def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed):
-    from transformers import DynamicCache
     dev = model.device
     gen = torch.Generator(device=dev)
     gen.manual_seed(seed if seed is not None else torch.seed() % 2**63)
@@ -308,7 +346,7 @@ def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed):
     pad = tok.pad_token_id
     ids = torch.tensor([[pad] * (L - len(c)) + c for c in ctx], device=dev)
     attn = torch.tensor([[0] * (L - len(c)) + [1] * len(c) for c in ctx], device=dev)
-    cache = DynamicCache()
+    cache = kv_cache(model)
     out = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
                 past_key_values=cache, use_cache=True, logits_to_keep=1)
     cache.batch_repeat_interleave(n)
@@ -323,6 +361,7 @@ def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed):
             if rows[i].use_prefill_logits:  # a rollback to the start of generation (see _rollback)
                 logits[b], rows[i].use_prefill_logits = prefill[i // n], False
         sampled, lps = sample_token(logits, sampling["temperature"], sampling["top_k"], sampling["top_p"], gen)
+        sampled, lps = sampled.tolist(), lps.tolist()  # one device->host copy per step, not one per row
         feed, to_run = [], []
         for b, i in enumerate(act):
             row = rows[i]
@@ -330,7 +369,7 @@ def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed):
                 t, m, lp = row.pending.pop(0)
                 forced = 1
             else:
-                t, m, lp, forced = int(sampled[b]), 1, float(lps[b]), 0
+                t, m, lp, forced = sampled[b], 1, lps[b], 0
             code = row.push(t, m, lp)
             _settle(row, forced)
             feed.append(t)
@@ -339,8 +378,7 @@ def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed):
         cols_now = attn.size(1)
         for i in act:
             cols[i].append(cols_now)
-        attn = torch.cat([attn, torch.zeros(len(act), 1, dtype=attn.dtype, device=dev)], 1)
-        attn[:, -1] = torch.tensor([0 if rows[i].done else 1 for i in act], device=dev)
+        attn = torch.cat([attn, torch.tensor([[0 if rows[i].done else 1] for i in act], dtype=attn.dtype, device=dev)], 1)
         pos = live.clone()
         live += attn[:, -1]
         if to_run:  # one sandbox batch for every row that closed a block at this step

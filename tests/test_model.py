@@ -1,6 +1,7 @@
 """model.py: the KV-cached sampler against HF generate, masks, tool calls, finish reasons,
 continuation, stop-after-call, and self-correction on a scripted policy."""
 import torch
+from transformers import LlamaConfig
 
 import model
 
@@ -17,6 +18,7 @@ class ScriptedLM(torch.nn.Module):
     def __init__(self, tok, policy):
         super().__init__()
         self.tok, self.policy = tok, policy
+        self.config = LlamaConfig(num_hidden_layers=1)  # the sampler sizes its KV cache from the config
         self.dummy = torch.nn.Parameter(torch.zeros(1))
         self.attempt, self.last_len = {}, {}
 
