@@ -82,7 +82,7 @@ def main():
     torch.manual_seed(0)
     from transformers import LlamaConfig, LlamaForCausalLM
     with tempfile.TemporaryDirectory() as d:
-        tiny_dir = M.build_tiny(os.path.join(d, "tiny"))
+        tiny_dir = M.build_tiny(os.path.join(d, "tiny"), pretrain_steps=0)
         tiny, tok = M.load(tiny_dir, device=args.device)
     problems = [f"A warehouse has {1000 + 37 * i} crates with {10 + i} bolts in each crate. How many bolts?" for i in range(args.batch)]
     prompts = [tok.encode(q, add_special_tokens=False)[: 12 + i] for i, q in enumerate(problems)]  # ragged: left padding

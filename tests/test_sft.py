@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from transformers import LlamaConfig
 
 import model
 import sft
@@ -49,6 +50,7 @@ class Replay(torch.nn.Module):
     def __init__(self, seq, vocab):
         super().__init__()
         self.seq, self.vocab = seq, vocab
+        self.config = LlamaConfig(num_hidden_layers=1)  # the sampler sizes its KV cache from the config
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
     @property
@@ -109,8 +111,8 @@ def test_empty_or_missing_data(tmp_path, monkeypatch):
         sft.main([])
 
 
-def run_args(tiny_dir, data, out, *extra):
-    return ["--data", data, "--model", tiny_dir, "--out", out, "--epochs", "2", "--batch-size", "4", "--lr", "3e-3",
+def run_args(tiny_dir, data, out, *extra, epochs=2):
+    return ["--data", data, "--model", tiny_dir, "--out", out, "--epochs", str(epochs), "--batch-size", "4", "--lr", "1e-3",
             "--eval-n", "0", "--eval-every", "0", *extra]
 
 
@@ -158,14 +160,14 @@ def test_ddp_two_processes_equal_grad_accumulation(tiny_dir, tmp_path):
     worker.write_text(WORKER.format(root=ROOT, out=str(tmp_path)))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-           *run_args(tiny_dir, data, str(tmp_path / "ddp"), "--epochs", "4")]
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+           *run_args(tiny_dir, data, str(tmp_path / "ddp"), epochs=4)]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert all(torch.equal(v, r1["weights"][k]) for k, v in r0["weights"].items())
     s = r0["summary"]
     assert s["steps"] == 12 and s["heldout_loss"] < s["first_heldout_loss"] - 0.5
-    m, single = sft.main(run_args(tiny_dir, data, str(tmp_path / "one"), "--epochs", "4", "--grad-accum", "2"))
+    m, single = sft.main(run_args(tiny_dir, data, str(tmp_path / "one"), "--grad-accum", "2", epochs=4))
     assert single["steps"] == 12
     one = weights(m)
     assert all(torch.allclose(v, one[k], atol=1e-5) for k, v in r0["weights"].items())
