@@ -37,7 +37,7 @@ In:  --data problems JSONL ({"id", "problem", "answer", ...}), --model a model d
 Out: --out model dir + trainer_state.pt (optimizer, iteration, data position) + log.jsonl (one record
      per iteration), and <out>_curves.png, the learning curves drawn from that log.
 
-Toy default (no --model: out/sft -> out/rl with the TOY sizes below, a few minutes on a laptop CPU):
+Toy default (no --data: the toy problems and the TOY sizes below; out/sft -> out/rl, minutes on a CPU):
     python tirgen.py && python sft.py && python rl.py
 Real model (paper defaults: G=16, lr 1e-6, clip 0.2/0.28, nll_alpha 0.01, no KL, L_suf 100, 5 calls):
     python rl.py --model out/sft-7b --data torl28k.jsonl --out out/rl-7b
@@ -70,8 +70,8 @@ STATE = "trainer_state.pt"
 RANK, WORLD = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 # The toy default: sizes shrunk so `python rl.py` runs in minutes on a CPU. A ~1M-parameter model needs
 # a far larger LR than the paper's 1e-6 for 7B, and a toy reasoning step is ~20 tokens, so L_suf = 10.
-TOY = dict(model="out/sft", data="data/toy_train.jsonl", out="out/rl", group_size=8, batch_problems=8, iterations=10,
-           updates_per_batch=2, lr=5e-4, l_suf=10, max_new_tokens=160, micro_batch=64, max_refills=1,
+TOY = dict(model="out/sft", data="data/toy_train.jsonl", out="out/rl", group_size=8, batch_problems=8, iterations=12,
+           updates_per_batch=2, lr=2e-4, l_suf=10, max_new_tokens=160, micro_batch=64, max_refills=1,
            eval_data="data/toy_test.jsonl", eval_every=5, save_every=5, threads=1)
 
 
@@ -95,8 +95,9 @@ def allsum(values, dev):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Data and model
-    p.add_argument("--model", help="model dir to start from (default: the toy world: out/sft and the TOY sizes)")
-    p.add_argument("--data", help="training problems JSONL (id, problem, answer)")
+    p.add_argument("--model", help="model dir to start from (toy default: out/sft)")
+    p.add_argument("--data", help="training problems JSONL (id, problem, answer); without it the toy world: "
+                   "data/toy_train.jsonl and the TOY sizes")
     p.add_argument("--out", default="out/rl", help="output model dir; also holds the checkpoint and log.jsonl")
     p.add_argument("--template", default="raw", choices=["raw", "chat"], help="prompt convention (model.build_prompt)")
     # Rollouts
@@ -141,13 +142,11 @@ def parse_args(argv=None):
     p.add_argument("--eval-problems", type=int, default=200, help="problems of --eval-data to evaluate")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every this many iterations, before the first and after the last (0: never)")
     args = p.parse_args(argv)
-    if args.model is None:  # the toy default: explicit flags still win over the TOY sizes
+    if args.data is None:  # the toy default (toy data, TOY sizes); explicit flags still win over them
         p.set_defaults(**TOY)
         args = p.parse_args(argv)
         if not os.path.isdir(args.model):
             raise SystemExit(f"{args.model} not found: run `python tirgen.py && python sft.py` first")
-    if args.data is None:
-        p.error("--data is required with --model")
     if not (args.episode_level or args.step_level):
         p.error("--no-episode-level and --no-step-level leave nothing to train on")
     args.plot = args.out.rstrip("/") + "_curves.png"
