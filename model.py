@@ -140,9 +140,10 @@ def build_tiny(out_dir=TINY_DIR, seed=0, hidden=128, layers=4, heads=4, vocab=20
 def pretrain_copy(model, tok, problems, steps, seed, batch=16, lr=1e-3):
     """What a pretrained LLM brings and a random one lacks: copying from its context. Each sequence
     is a toy problem, EOS, the same problem again; the loss is on the second copy. A random tiny model
-    learns the toy's answer format from SFT data in a few dozen steps but copies no number even after
-    1,000 steps (the loss on number tokens stays at chance); after this warm-up (induction heads form
-    around step 300; ~1.5 min on one CPU core) SFT teaches the toy task in a few hundred steps."""
+    learns the toy's answer format from SFT data fast but not the copying: after 300 SFT steps 6% of its
+    number tokens were right and it solved 0% of held-out problems. During this warm-up induction heads
+    form (copy accuracy on number tokens 0.15 at step 200, 0.99 at step 500; ~70 s on 2 CPU cores), and
+    the same 300 SFT steps then solve 60%."""
     from tqdm import tqdm
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

@@ -43,8 +43,8 @@ PER_TEMPERATURE = 2  # acc and tool-call success at every temperature; calls and
 # --quick: sizes that only check that the stages fit together (seconds per stage).
 QUICK = dict(sft=["--max-steps", "3", "--batch-size", "4"],
              rl=["--iterations", "1", "--group-size", "2", "--batch-problems", "2", "--max-new-tokens", "48",
-                 "--max-refills", "0", "--eval-every", "0"],
-             infer=["--max-new-tokens", "48"])
+                 "--max-refills", "0"],
+             infer_tokens=48)
 
 
 def run(cmd, log):
@@ -70,7 +70,7 @@ def seed_chain(s, args, test, sft_data):
     """All stages of one seed; returns {"<row>@<temperature>": eval report}."""
     d = os.path.join(args.out, f"s{s}")
     os.makedirs(d, exist_ok=True)
-    q = QUICK if args.quick else dict(sft=[], rl=[], infer=[])
+    q = QUICK if args.quick else dict(sft=[], rl=[])
     j = lambda *p: os.path.join(d, *p)
     stages = [
         (j("sft"), ["sft.py", "--data", sft_data, "--model", args.tiny, "--out", j("sft"), "--seed", str(s),
@@ -93,7 +93,7 @@ def seed_chain(s, args, test, sft_data):
             preds, rep = j(f"{name}.jsonl"), j(name, "report.json")
             if not os.path.exists(rep):
                 run(["infer.py", "--model", model, "--data", test, "--out", preds, "--seed", str(s), "--temperature", str(t),
-                     "--max-new-tokens", str(args.max_new_tokens), *extra, *q["infer"]], j(f"{name}.infer.log"))
+                     "--max-new-tokens", str(args.max_new_tokens), *extra], j(f"{name}.infer.log"))
                 run(["eval.py", "--predictions", preds, "--benchmarks", "toy", "--out", j(name)], j(f"{name}.eval.log"))
             with open(rep) as f:
                 reports[name] = json.load(f)["benchmarks"]["toy"]
@@ -161,10 +161,12 @@ def main(argv=None):
     p.add_argument("--temperatures", default="0.6,1.0", help="sampling temperatures of the inference rows")
     p.add_argument("--max-new-tokens", type=int, default=160, help="response budget at inference (RL's toy budget)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the wiring, not the method")
-    p.add_argument("--fresh", action="store_true", help="delete --out first (the base model and data stay)")
+    p.add_argument("--fresh", action="store_true", help="delete --out first (the base model --tiny stays)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     args.temperatures = [float(t) for t in args.temperatures.split(",")]
+    if args.quick:
+        args.max_new_tokens = QUICK["infer_tokens"]
     args.out, args.tiny = (os.path.abspath(x) for x in (args.out, args.tiny))
     if args.fresh:
         shutil.rmtree(args.out, ignore_errors=True)
