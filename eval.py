@@ -47,11 +47,11 @@ import shlex
 import sys
 from collections import defaultdict
 
-import torch
 from tqdm import tqdm
 
-import model
 from rewards import extract_answer, grade_many
+# torch and model.py are imported by the two functions below that need a model: scoring a predictions
+# file needs neither, and importing torch costs seconds per process (runs/ladder.py scores 30 files).
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -181,6 +181,7 @@ def load_benchmark(name, data_dir):
 
 
 def default_model():
+    import model
     for d in ("out/rl", "out/sft"):
         if os.path.isdir(d):
             return d, f"{d} (default: the latest trained stage)"
@@ -214,13 +215,15 @@ def generate(args, problems, pred_path):
             if any((b, p["id"], s) not in done for s in range(args.k))]
     if not todo:
         return
+    import torch
+    import model
+    from sandbox import Sandbox
     torch.set_num_threads(args.threads)
     if args.engine == "vllm":
         engine = model.VLLM(args.model)
         tok = engine.tok
     else:
         engine, tok = model.load(args.model)
-    from sandbox import Sandbox
     chunks = [(b, [p for tb, p in todo if tb == b]) for b in problems]  # one benchmark per chunk: one budget
     chunks = [(b, ps[i:i + args.batch_size]) for b, ps in chunks for i in range(0, len(ps), args.batch_size)]
     bar = tqdm(total=len(todo) * args.k, desc="eval", unit="answer")
