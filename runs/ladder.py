@@ -2,7 +2,7 @@
 runs/ladder.py: the whole THOR pipeline on the embedded toy default, ending in the toy version of
 the paper's Table 3 ablation ladder, mean and spread over several seeds.
 
-    python runs/ladder.py                       # 3 seeds at once: 17 min on 2 CPU cores
+    python runs/ladder.py                       # 3 seeds at once: 15 min on 2 CPU cores (+70 s to build out/tiny)
     python runs/ladder.py --seeds 0 --quick     # tiny sizes, a smoke test of the wiring (pytest runs it)
 
 Every stage is its own process and stages pass files, nothing else:
