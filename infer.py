@@ -135,7 +135,8 @@ def main():
     args = p.parse_args()
 
     args.model = args.model or default_model()
-    args.max_new_tokens = args.max_new_tokens or (256 if args.data.startswith("data/toy_") else 4096)
+    toy = os.path.basename(args.data).startswith("toy_")  # data/toy_test.jsonl, or a copy like the ladder's
+    args.max_new_tokens = args.max_new_tokens or (256 if toy else 4096)
     problems = read_problems(args.data)
     seen = done_ids(args.out)
     todo = [q for q in problems if q["id"] not in seen]
