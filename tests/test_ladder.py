@@ -14,7 +14,7 @@ import ladder  # noqa: E402
 def test_quick_pipeline_writes_every_row(tmp_path):
     out = tmp_path / "ladder"
     results = ladder.main(["--seeds", "0", "--quick", "--jobs", "1", "--test-n", "6", "--out", str(out),
-                           "--tiny", str(tmp_path / "tiny")])
+                           "--tiny", str(tmp_path / "tiny"), "--rl-args", "--iterations 2"])
     rows = [json.loads(line) for line in open(out / "rows.jsonl")]
     assert [(r["row"], r["temperature"]) for r in rows] == [(row, t) for row in ("T1", "T3", "T4", "T5", "T6")
                                                             for t in (0.6, 1.0)]
@@ -26,7 +26,7 @@ def test_quick_pipeline_writes_every_row(tmp_path):
     for d in ("sft", "t4", "t5"):
         assert os.path.exists(out / "s0" / d / "config.json")
     t5 = [json.loads(line) for line in open(out / "s0" / "t5" / "log.jsonl")]
-    assert len(t5) == 1  # --quick: one RL iteration
+    assert len(t5) == 2  # --rl-args reached rl.py: its --iterations 2 wins over --quick's 1
     # T1 executes no code (no tools); T6 ran with self-correction, T5 without
     assert all(p["tool_calls"] == 0 for p in (json.loads(line) for line in open(out / "s0" / "T1@0.6.jsonl")))
     for row in ("T1", "T3", "T4", "T5"):
