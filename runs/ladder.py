@@ -74,13 +74,13 @@ def seed_chain(s, args, test, sft_data):
     os.makedirs(d, exist_ok=True)
     q = QUICK if args.quick else dict(sft=[], rl=[])
     j = lambda *p: os.path.join(d, *p)
+    rl = lambda name, *level: (j(name), ["rl.py", "--model", j("sft"), "--out", j(name), "--seed", str(s), *level,
+                                         "--iterations", str(args.rl_iterations), "--eval-every", "0", *q["rl"], *args.rl_args])
     stages = [
         (j("sft"), ["sft.py", "--data", sft_data, "--model", args.tiny, "--out", j("sft"), "--seed", str(s),
                     "--max-steps", str(args.sft_steps), "--eval-n", "0", *q["sft"]]),
-        (j("t4"), ["rl.py", "--model", j("sft"), "--out", j("t4"), "--seed", str(s), "--no-step-level",
-                   "--iterations", str(args.rl_iterations), "--eval-every", "0", *q["rl"], *args.rl_args]),
-        (j("t5"), ["rl.py", "--model", j("sft"), "--out", j("t5"), "--seed", str(s),
-                   "--iterations", str(args.rl_iterations), "--eval-every", "0", *q["rl"], *args.rl_args]),
+        rl("t4", "--no-step-level"),  # same seed and budget: T4 and T5 differ only in the step level
+        rl("t5"),
     ]
     for out, cmd in stages:
         if not os.path.exists(os.path.join(out, "config.json")):
