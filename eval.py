@@ -27,9 +27,10 @@ executed calls; code ratio = share of answers with at least one call (Fig. 4).
 Decisions:
  1. Grading is rule-based (rewards.is_equiv on the last \\boxed{}); the paper used a Qwen3-32B judge,
     whose prompt is not released. Every scoring re-grades from `response` (or `pred`), never trusting a
-    stored `correct`. Gold answers: math500/aime/amc23 `answer` (amc23 floats 27.0 -> "27"), minerva the
-    last \\boxed{} of `solution`, olympiadbench `final_answer` joined with ", " and without $, gsm8k the
-    text after "####" without thousands separators.
+    stored `correct`. Gold answers are read by rewards.read_problems, the reader every stage uses:
+    math500/aime/amc23 `answer` (amc23 floats 27.0 -> "27"), minerva the last \\boxed{} of `solution`,
+    olympiadbench `final_answer` joined with ", " and without $, gsm8k the text after "####" without
+    thousands separators.
  2. Key insight (App. D.1, Table 4): an answer's code *succeeded* if it made at least one call and all
     its (kept) calls succeeded, *failed* if at least one call failed. Answers with no call are left out
     of the 2x2 table and reported apart (no_code); the paper leaves this open, but its table holds 5956
@@ -49,7 +50,7 @@ from collections import defaultdict
 
 from tqdm import tqdm
 
-from rewards import extract_answer, grade_many
+from rewards import extract_answer, grade_many, read_jsonl, read_problems
 # torch and model.py are imported by the two functions below that need a model: scoring a predictions
 # file needs neither, and importing torch costs seconds per process (runs/ladder.py scores 30 files).
 
@@ -102,34 +103,10 @@ def parse_args(argv=None):
 # Benchmarks: one normaliser per file, mapping its fields to {id, problem, answer}
 
 
-def _number_text(x):  # amc23 stores answers as floats: 27.0 -> "27"
-    return str(int(x)) if float(x).is_integer() else repr(x)
-
-
-def _minerva_gold(solution):  # no answer field: the gold is the last \boxed{} of the solution
-    gold = extract_answer(solution)
-    if gold is None:
-        raise ValueError("no \\boxed{} in solution")
-    return gold
-
-
-def _gsm8k_gold(answer):
-    if "####" not in answer:
-        raise ValueError("no '#### <answer>' line in answer")
-    return answer.split("####")[-1].strip().replace(",", "")
-
-
-BENCHMARKS = {  # name: (file, normaliser(record, index))
-    "math500": ("math500.jsonl", lambda r, i: (r["unique_id"], r["problem"], r["answer"])),
-    "aime24": ("aime24.jsonl", lambda r, i: (str(r["id"]), r["problem"], str(r["answer"]))),
-    "aime25": ("aime25.jsonl", lambda r, i: (str(r["id"]), r["problem"], str(r["answer"]))),
-    "amc23": ("amc23.jsonl", lambda r, i: (str(r["id"]), r["problem"], _number_text(r["answer"]))),
-    "minerva": ("minerva_math.jsonl", lambda r, i: (str(r["idx"]), r["problem"], _minerva_gold(r["solution"]))),
-    "olympiadbench": ("olympiadbench.jsonl", lambda r, i: (
-        str(r["id"]), (r["context"] + "\n" if r.get("context") else "") + r["question"],
-        ", ".join(a.replace("$", "") for a in r["final_answer"]))),
-    "gsm8k": ("gsm8k_test.jsonl", lambda r, i: (f"gsm8k-{i}", r["question"], _gsm8k_gold(r["answer"]))),
-    "toy": ("toy_test.jsonl", lambda r, i: (r["id"], r["problem"], r["answer"])),
+BENCHMARKS = {  # name: file; rewards.read_problems maps each file's own fields to {id, problem, answer}
+    "math500": "math500.jsonl", "aime24": "aime24.jsonl", "aime25": "aime25.jsonl", "amc23": "amc23.jsonl",
+    "minerva": "minerva_math.jsonl", "olympiadbench": "olympiadbench.jsonl", "gsm8k": "gsm8k_test.jsonl",
+    "toy": "toy_test.jsonl",
 }
 ORDER = list(BENCHMARKS)  # the paper's Table 1 column order, then the others
 PAPER = ORDER[:6]
@@ -140,41 +117,12 @@ _data = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
 DEFAULT_DATA_DIR = _data if os.path.isdir(_data) else None
 
 
-def read_jsonl(path):
-    """(line number, object) for each non-blank line; a malformed line stops with `file:line: reason`."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"{path}:{n}: invalid JSON ({e.msg})")
-            if not isinstance(obj, dict):
-                raise SystemExit(f"{path}:{n}: not a JSON object")
-            yield n, obj
-
-
 def load_benchmark(name, data_dir):
     """[{id, problem, answer}] of a benchmark, in file order; the toy test set lives in data/."""
-    file, norm = BENCHMARKS[name]
     if name != "toy" and data_dir is None:
         raise SystemExit(f"benchmark {name} needs --data-dir (../shared/data was not found)")
-    path = os.path.join(ROOT, "data", file) if name == "toy" else os.path.join(data_dir, file)
-    out = []
-    for i, (n, r) in enumerate(read_jsonl(path)):
-        try:
-            pid, problem, answer = norm(r, i)
-        except KeyError as e:
-            raise SystemExit(f"{path}:{n}: missing field {e}")
-        except (ValueError, TypeError, AttributeError) as e:
-            raise SystemExit(f"{path}:{n}: {e}")
-        if not isinstance(problem, str) or not problem.strip() or not str(answer).strip():
-            raise SystemExit(f"{path}:{n}: empty problem or answer")
-        out.append(dict(id=str(pid), problem=problem, answer=str(answer)))
-    return out
+    path = os.path.join(ROOT if name == "toy" else data_dir, "data" if name == "toy" else "", BENCHMARKS[name])
+    return [dict(id=p["id"], problem=p["problem"], answer=p["answer"]) for p in read_problems(path)]
 
 # -----------------------------------------------------------------------------
 # Generation: model.rollout over chunks of prompts, appended to the predictions file

@@ -40,28 +40,6 @@ from sandbox import Sandbox
 # Input and output
 
 
-def read_problems(path):
-    """Problem records ({"id", "problem", "answer"?, ...}); a malformed line stops with file:line."""
-    if not os.path.exists(path):
-        raise SystemExit(f"{path}: no such file")
-    out = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"{path}:{i}: not valid JSON ({e.msg})")
-            for k in ("id", "problem"):
-                if not isinstance(r.get(k), (str, int)) or r.get(k) == "":
-                    raise SystemExit(f"{path}:{i}: missing field {k!r}")
-            out.append(r)
-    if not out:
-        raise SystemExit(f"{path}: no problems")
-    return out
-
-
 def done_ids(path):
     if not os.path.exists(path):
         return set()
@@ -137,7 +115,7 @@ def main():
     args.model = args.model or default_model()
     toy = os.path.basename(args.data).startswith("toy_")  # data/toy_test.jsonl, or a copy like the ladder's
     args.max_new_tokens = args.max_new_tokens or (256 if toy else 4096)
-    problems = read_problems(args.data)
+    problems = rewards.read_problems(args.data, need_answer=False)  # an answer, where given, is graded
     seen = done_ids(args.out)
     todo = [q for q in problems if q["id"] not in seen]
     print(f"model {args.model} | {len(problems)} problems, {len(problems) - len(todo)} already in {args.out}")

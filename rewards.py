@@ -7,6 +7,8 @@ Out: extract_answer(text) -> str | None       content of the last \\boxed{..}/\\
      grade_many(pairs, workers) -> list[bool]  is_equiv over many pairs, symbolic work on all cores
      episode_reward(response, gold) -> float   1.0 correct, 0.0 otherwise (episode-level RL, Eq. 4)
      step_reward(exec_result) -> float         1.0 iff the code call succeeded (step-level RL, Eq. 6-8)
+     read_problems(path) -> list[dict]         {"id", "problem", "answer", ...} from any problem file:
+                                               ours, or a shared benchmark / training set as it is
 
 is_equiv is a cascade, cheapest first; the first three steps run in-process and decide most pairs
 (85% of bench/grade_bench.py's mix, at ~4k pairs/s on one core):
@@ -461,6 +463,98 @@ def step_reward(exec_result):
     """Step-level reward (paper §4.3, Eq. 6-8): 1.0 iff the code call succeeded (sandbox ExecResult.ok:
     it exited normally and printed something)."""
     return 1.0 if getattr(exec_result, "ok", False) else 0.0
+
+
+# -----------------------------------------------------------------------------
+# Problem files: the one reader every stage uses (DESIGN.md), for our files and the shared ones as they are
+
+
+def read_jsonl(path):
+    """(line number, object) for each non-blank line; a malformed line stops with `file:line: reason`."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: no such file")
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"{path}:{n}: invalid JSON ({e.msg})")
+            if not isinstance(obj, dict):
+                raise SystemExit(f"{path}:{n}: not a JSON object")
+            yield n, obj
+
+
+def _gold(r):
+    """The gold answer of a record in any of the shared schemas (../shared/data/README.md), or None."""
+    a = r.get("answer")
+    if isinstance(a, str) and "####" in a:     # GSM8K: worked solution, then "#### 1,234"
+        return a.split("####")[-1].strip().replace(",", "")
+    if isinstance(a, bool):
+        raise ValueError("field 'answer' is a boolean")
+    if isinstance(a, (int, float)):            # AMC23 stores 27.0
+        return str(int(a)) if float(a).is_integer() else repr(a)
+    if isinstance(a, str):
+        return a
+    if isinstance(r.get("final_answer"), list):  # OlympiadBench: ["$12$", ...]
+        return ", ".join(x.replace("$", "") for x in r["final_answer"])
+    if isinstance(r.get("solution"), str):     # Minerva, full MATH test: the solution's last \boxed{}
+        gold = extract_answer(r["solution"]) if "\\boxed" in r["solution"] or "\\fbox" in r["solution"] else None
+        if gold is None:
+            raise ValueError("no answer field and no \\boxed{} in 'solution'")
+        return gold
+    return None
+
+
+def read_problems(path, need_answer=True, check=None):
+    """Problem records {"id": str, "problem": str, "answer": str, ...}, every other field carried along.
+    Reads our files and the shared ones as they are: the problem is `problem`, or `question` (GSM8K;
+    OlympiadBench, after its `context`); the gold answer is `answer` (GSM8K's after "####", AMC's
+    27.0 -> "27"), OlympiadBench's `final_answer`, or the last \\boxed{} of `solution` (Minerva);
+    the id is `id` (an integer is read as its string), `unique_id` or `idx`, else `<file stem>-<line>`.
+    A bad record stops the run with `file:line: reason` (`check(record)` may return one more reason);
+    so do a duplicate id and an empty file. With need_answer, a record whose gold answer is empty (MATH
+    train's two `\\boxed{}`) is skipped and counted in one printed line."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    out, seen, unanswered = [], set(), []
+    for n, r in read_jsonl(path):
+        where = f"{path}:{n}"
+        if "task_id" in r and "entry_point" in r:
+            raise SystemExit(f"{where}: a code task (task_id, entry_point), not a math problem: "
+                             "score code benchmarks with eval.py --benchmarks")
+        problem = r.get("problem", r.get("question"))
+        if not isinstance(problem, str) or not problem.strip():
+            raise SystemExit(f"{where}: missing field 'problem' (or 'question'): a non-empty string")
+        if "problem" not in r and r.get("context"):
+            problem = r["context"] + "\n" + problem
+        try:
+            answer = _gold(r)
+        except ValueError as e:
+            raise SystemExit(f"{where}: {e}")
+        if need_answer and answer is None:
+            raise SystemExit(f"{where}: missing field 'answer' (or 'final_answer', or 'solution' with a \\boxed{{}})")
+        if need_answer and not answer.strip():
+            unanswered.append(n)  # e.g. MATH train's two `\\boxed{}`: no gold, nothing to grade against
+            continue
+        pid = next((r[k] for k in ("id", "unique_id", "idx") if r.get(k) not in (None, "")), f"{stem}-{n}")
+        if not isinstance(pid, (str, int)) or isinstance(pid, bool):
+            raise SystemExit(f"{where}: field 'id' must be a string or an integer")
+        pid = str(pid)
+        if pid in seen:
+            raise SystemExit(f"{where}: duplicate id {pid!r}")
+        seen.add(pid)
+        rec = {**r, "id": pid, "problem": problem, **({"answer": answer} if answer is not None else {})}
+        if check and check(rec):
+            raise SystemExit(f"{where}: {check(rec)}")
+        out.append(rec)
+    if unanswered:
+        lines = ", ".join(map(str, unanswered[:5])) + (", ..." if len(unanswered) > 5 else "")
+        print(f"{path}: skipped {len(unanswered)} record(s) without a gold answer (line {lines})", file=sys.stderr)
+    if not out:
+        raise SystemExit(f"{path}: no problems" + (" with a gold answer ('answer', 'final_answer' or a \\boxed{} "
+                                                   "in 'solution')" if unanswered else ""))
+    return out
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--grader"]:

@@ -160,19 +160,6 @@ def parse_args(argv=None):
 # Data: an endless stream of problems; epoch e visits them in an order seeded by (seed, e)
 
 
-def read_jsonl(path):
-    """Problem records; a malformed line stops the run with file:line: reason (DESIGN.md)."""
-    recs = []
-    for i, line in enumerate(open(path), 1):
-        if line.strip():
-            try:
-                recs.append(json.loads(line))
-                recs[-1]["problem"], recs[-1]["answer"]
-            except (ValueError, KeyError, TypeError) as e:
-                raise SystemExit(f"{path}:{i}: not a problem record ({e!r})")
-    return recs
-
-
 def seed_of(*keys):
     """A seed from integers (--seed, a data position, a salt); hash() of an int tuple is the same in every process."""
     return hash(keys) % 2 ** 63
@@ -432,8 +419,8 @@ def main(argv=None):
     amp = (lambda: torch.autocast("cuda", torch.bfloat16)) if dev != "cpu" else contextlib.nullcontext
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = read_jsonl(args.data)
-    eval_set = read_jsonl(args.eval_data)[:args.eval_problems] if args.eval_data and args.eval_every else []
+    data = rewards.read_problems(args.data)  # our files, or the shared training sets as they are
+    eval_set = rewards.read_problems(args.eval_data)[:args.eval_problems] if args.eval_data and args.eval_every else []
     # Model: fp32 weights (AdamW at lr 1e-6 needs them). Dropout stays off (eval mode), so pi_old and
     # pi are the same function and the first mini-batch's ratio is exactly 1.
     state_path = os.path.join(args.out, STATE)

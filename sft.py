@@ -226,8 +226,7 @@ def solve_rate(m, tok, args):
     on rewards.extract_answer) and tool calls per problem and their success rate."""
     import rewards
     from sandbox import Sandbox
-    with open(args.eval_data, encoding="utf-8") as f:
-        problems = [json.loads(line) for line in f][:args.eval_n]
+    problems = rewards.read_problems(args.eval_data)[:args.eval_n]
     prompts = [model.encode_prompt(tok, p["problem"], args.template) for p in problems]
     m.eval()
     with Sandbox(workers=2, timeout_s=10.0) as sb:

@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from tqdm import tqdm
 
 import model
-from rewards import extract_answer, has_repetition, is_equiv
+from rewards import extract_answer, has_repetition, is_equiv, read_problems
 from sandbox import Sandbox, format_observation
 
 # -----------------------------------------------------------------------------
@@ -460,16 +460,9 @@ def read_jsonl(path, required, check=None):
     return rows
 
 
-def check_problem(toy, seen):
-    def check(r):
-        if not all(isinstance(r[k], str) for k in ("id", "problem", "answer")):
-            return "id, problem and answer must be strings"
-        if r["id"] in seen:
-            return f"duplicate id {r['id']!r}"
-        seen.add(r["id"])
-        if toy and (r.get("kind") not in TOY_PLANS or not isinstance(r.get("args"), list)):
-            return "the toy actor needs a toy problem ('kind' and 'args'); use --actor MODEL for other data"
-    return check
+def toy_problem_check(r):
+    if r.get("kind") not in TOY_PLANS or not isinstance(r.get("args"), list):
+        return "the toy actor needs a toy problem ('kind' and 'args'); use --actor MODEL for other data"
 
 
 def pending(problems, path, attempts):
@@ -536,9 +529,8 @@ def main(argv=None):
         write_toy_data()
         return
 
-    problems = read_jsonl(args.data, ("id", "problem", "answer"), check_problem(args.actor == "toy", set()))
-    if not problems:
-        raise SystemExit(f"{args.data}: no problems")
+    # our files, or the shared training sets (gsm8k_train, math_train) as they are
+    problems = read_problems(args.data, check=toy_problem_check if args.actor == "toy" else None)
     for path in (args.trajectories, args.out):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     todo = pending(problems, args.trajectories, args.attempts)

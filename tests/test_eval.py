@@ -71,7 +71,7 @@ def test_key_insight_definition():
     ("amc23", 40, "0", "27"),              # a float 27.0 in the file
     ("minerva", 272, "0", "1.6"),          # last \boxed{} of the solution
     ("olympiadbench", 675, "1606", "2"),   # final_answer ["2"]
-    ("gsm8k", 1319, "gsm8k-0", "18"),      # after "#### "
+    ("gsm8k", 1319, "gsm8k_test-1", "18"),      # after "#### "
     ("toy", 200, "toy-test-00000", "5583391"),
 ])
 def test_loaders_on_real_files(name, size, first_id, first_answer):
@@ -91,7 +91,7 @@ def test_loader_errors_name_file_and_line(tmp_path):
     with pytest.raises(SystemExit, match=r"math500.jsonl:2: missing field 'answer'"):
         ev.load_benchmark("math500", str(tmp_path))
     (tmp_path / "minerva_math.jsonl").write_text('{"idx": 0, "problem": "p", "solution": "no box"}\n')
-    with pytest.raises(SystemExit, match=r"minerva_math.jsonl:1: no \\boxed\{\} in solution"):
+    with pytest.raises(SystemExit, match=r"minerva_math.jsonl:1: no answer field and no \\boxed\{\} in 'solution'"):
         ev.load_benchmark("minerva", str(tmp_path))
     (tmp_path / "aime24.jsonl").write_text('{"id": 1, "problem": "p", "answer": "2"}\n{"id": 2,\n')
     with pytest.raises(SystemExit, match=r"aime24.jsonl:2: invalid JSON"):

@@ -70,8 +70,8 @@ def test_bad_input_is_one_line(tmp_path, tiny_dir):
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps({"id": "a", "problem": "x"}) + "\n{not json\n")
     r = run_infer("--model", tiny_dir, "--data", str(data), "--out", str(tmp_path / "o.jsonl"))
-    assert r.returncode != 0 and r.stderr.strip().startswith(f"{data}:2: not valid JSON")
+    assert r.returncode != 0 and r.stderr.strip().startswith(f"{data}:2: invalid JSON")
     assert "Traceback" not in r.stderr
     data.write_text(json.dumps({"id": "a"}) + "\n")
     r = run_infer("--model", tiny_dir, "--data", str(data), "--out", str(tmp_path / "o.jsonl"))
-    assert r.stderr.strip() == f"{data}:1: missing field 'problem'"
+    assert r.stderr.strip() == f"{data}:1: missing field 'problem' (or 'question'): a non-empty string"

@@ -7,14 +7,18 @@ Python/sympy output. False positives matter as much as false negatives, so at le
 are non-equivalent pairs.
 """
 
+import json
 import os
 import sys
 import threading
 import time
 from types import SimpleNamespace
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from rewards import episode_reward, extract_answer, grade_many, is_equiv, step_reward  # noqa: E402
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from rewards import episode_reward, extract_answer, grade_many, is_equiv, read_problems, step_reward  # noqa: E402
 
 T, F = True, False
 CASES = [  # (pred, gold, expected)
@@ -288,3 +292,55 @@ def test_step_reward():
     assert step_reward(SimpleNamespace(ok=True, stdout="3\n", error=None, timed_out=False, seconds=0.1)) == 1.0
     assert step_reward(SimpleNamespace(ok=False, stdout="", error="NameError: x", timed_out=False, seconds=0.1)) == 0.0
     assert step_reward(SimpleNamespace(ok=False, stdout="", error="timeout", timed_out=True, seconds=5.0)) == 0.0
+
+# -----------------------------------------------------------------------------
+# read_problems: the one reader of problem files, ours and the shared sets' schemas as they are
+
+
+def _write(path, *rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+def test_read_problems_maps_every_schema(tmp_path):
+    ps = read_problems(_write(tmp_path / "mix.jsonl",
+                              {"id": 60, "problem": "AIME", "answer": "204"},                    # integer id
+                              {"problem": "AMC", "answer": 27.0},                                # no id, float answer
+                              {"question": "GSM", "answer": "48/2 = 24\n#### 1,072"},            # GSM8K
+                              {"id": 7, "context": "C.", "question": "Oly", "final_answer": ["$12$", "$x$"]},
+                              {"idx": 3, "problem": "Minerva", "solution": "so \\boxed{1.6}."},
+                              {"unique_id": "test/a/1.json", "problem": "MATH", "answer": "\\frac12", "level": 2}))
+    assert [(p["id"], p["problem"], p["answer"]) for p in ps] == [
+        ("60", "AIME", "204"), ("mix-2", "AMC", "27"), ("mix-3", "GSM", "1072"), ("7", "C.\nOly", "12, x"),
+        ("3", "Minerva", "1.6"), ("test/a/1.json", "MATH", "\\frac12")]
+    assert ps[5]["level"] == 2  # extra fields are carried along
+
+
+def test_read_problems_errors_and_skips(tmp_path, capsys):
+    bad = [([{"id": "a", "problem": "p"}], ":1: missing field 'answer'"),
+           ([{"id": "a", "answer": "1"}], ":1: missing field 'problem'"),
+           ([{"id": "a", "problem": "p", "answer": "1"}, {"id": "a", "problem": "q", "answer": "2"}], ":2: duplicate id 'a'"),
+           ([{"id": [1], "problem": "p", "answer": "1"}], ":1: field 'id' must be a string or an integer"),
+           ([{"task_id": "HumanEval/0", "entry_point": "f", "prompt": "def f():"}], ":1: a code task"),
+           (["{\"id\": 1,"], ":1: invalid JSON"), ([""], ": no problems")]
+    for rows, message in bad:
+        path = _write(tmp_path / "bad.jsonl", *rows)
+        with pytest.raises(SystemExit) as e:
+            read_problems(path)
+        assert str(e.value).startswith(path + message), (rows, str(e.value))
+    # an empty gold (MATH train has two `\boxed{}`) is skipped and counted, not an error
+    path = _write(tmp_path / "train.jsonl", {"problem": "p", "answer": "1"}, {"problem": "q", "answer": ""})
+    assert [p["id"] for p in read_problems(path)] == ["train-1"]
+    assert "skipped 1 record(s) without a gold answer (line 2)" in capsys.readouterr().err
+    # inference reads problems without answers
+    assert read_problems(_write(tmp_path / "q.jsonl", {"problem": "p"}), need_answer=False)[0] == {"id": "q-1", "problem": "p"}
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "..", "shared", "data")), reason="needs ../shared/data")
+@pytest.mark.parametrize("name, n, first", [("gsm8k_train", 7473, ("gsm8k_train-1", "72")),
+                                            ("math_train", 7498, ("train/algebra/0.json", "0")),
+                                            ("math_level3to5_train", 8521, ("math_level3to5_train-1", "118")),
+                                            ("math_test_full", 5000, ("0", "2"))])
+def test_read_problems_on_shared_training_sets(name, n, first):
+    ps = read_problems(os.path.join(ROOT, "..", "shared", "data", name + ".jsonl"))
+    assert len(ps) == n and (ps[0]["id"], ps[0]["answer"]) == first and all(p["answer"].strip() for p in ps)
