@@ -660,7 +660,7 @@ def dummy_pass(m, device, backward=True):
 
 def optimizer_state(m, opt):
     """AdamW's state as one full state dict keyed by parameter name, on rank 0 (a collective; others get {}).
-    One file, not a shard per rank: it resumes on any number of ranks, for 8 bytes per parameter in rank
+    One file, not a shard per rank: not tied to the number of ranks, for 8 bytes per parameter in rank
     0's host memory while saving."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
     return get_optimizer_state_dict(m, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
