@@ -18,6 +18,8 @@ the code). Options the stages need:
 Two engines share the row bookkeeping (`_Row`): the hand-written KV-cached sampler below (the
 reference, used by the tests) and vLLM (`load_vllm`, imported lazily), which stops on ``` and
 resubmits token ids with prefix caching.
+Sharded training for sft.py and rl.py (FSDP2, one code path from 1 CPU process to N GPUs) and the
+memory plan that says beforehand whether a model fits are at the end of the file.
 
 Run `python model.py` to build the tiny model (out/tiny) and show one rollout on a toy problem;
 `python model.py convert --gguf FILE --out DIR` turns a GGUF file into a model dir.
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 import warnings
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 # transformers 5.2x renames `past_key_values` to `cache`; the old name works across the versions we support.
@@ -87,8 +90,16 @@ def load(path, device=None, dtype=None):
 
 
 def save(model, tok, path):
+    """Write a model dir. A sharded model is gathered one parameter at a time (a collective: every rank
+    calls this) and rank 0 writes it."""
+    from torch.distributed.fsdp import FSDPModule
+    state = None
+    if isinstance(model, FSDPModule):
+        state = {name: t.cpu() for name, t in full_params(model) if dist.get_rank() == 0}
+        if dist.get_rank():
+            return
     os.makedirs(path, exist_ok=True)
-    model.save_pretrained(path)
+    model.save_pretrained(path, state_dict=state)
     tok.save_pretrained(path)
 
 
@@ -570,6 +581,170 @@ def convert_gguf(gguf, out):
         del model.config.quantization_config
     save(model, tok, out)
     return out
+
+
+# -----------------------------------------------------------------------------
+# Sharded training (FSDP2) for sft.py and rl.py: one code path from one CPU process to N GPUs
+
+
+def init_dist():
+    """(rank, world size, device). Under torchrun one process per GPU (or gloo processes on a CPU);
+    without it a 1-rank group, so that the same code runs. On GPU, gloo carries the collectives of
+    CPU tensors (--cpu-offload's shards, the stages' counters), nccl the rest."""
+    cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
+        store = {} if "RANK" in os.environ else dict(store=dist.HashStore(), rank=0, world_size=1)
+        dist.init_process_group(backend, **store)
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def decoder_layers(m):
+    return getattr(m, m.base_model_prefix).layers  # model.model.layers in Llama, Qwen2, Qwen3, ...
+
+
+def shard(m, device, grad_ckpt=False, cpu_offload=False):
+    """FSDP2: `fully_shard` on each decoder layer, then on the root (embeddings, final norm, lm_head).
+    A unit's weights are all-gathered just before its forward (and its backward) and freed after; its
+    gradients are reduce-scattered, averaged over the ranks. The shards stay fp32, the master weights
+    AdamW updates (at lr 1e-6 a bf16 weight would not move); on GPU the layers compute in bf16 and
+    reduce gradients in fp32. The root also reshards after forward (by default FSDP2 keeps it for the
+    backward), so that a forward without backward leaves every parameter sharded."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    if grad_ckpt:  # keep only each layer's input; HF recomputes the rest in backward, in train mode only
+        (getattr(m, "activation_checkpointing_enable", None) or m.gradient_checkpointing_enable)({"use_reentrant": False})
+        m.train()
+    m.config.use_cache = False
+    kw = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)} if device.type == "cuda" else {}
+    if cpu_offload:  # shards, gradients and AdamW's state in host memory; the optimizer step runs there
+        kw["offload_policy"] = CPUOffloadPolicy()
+    for layer in decoder_layers(m):
+        fully_shard(layer, **kw)
+    return fully_shard(m, reshard_after_forward=True, **kw)  # also moves a CPU-loaded model's shards to the GPU
+
+
+def full_params(m):
+    """(name, full tensor) per parameter, one at a time, named as in the HF state dict; a shard is
+    all-gathered (a collective: every rank drains the generator). For the model dir and the rollout engine."""
+    from torch.distributed.tensor import DTensor
+    for name, p in m.named_parameters():
+        yield name, (p.full_tensor() if isinstance(p, DTensor) else p).detach()
+
+
+@torch.no_grad()
+def copy_params(dst, named):
+    """Load (name, tensor) pairs, e.g. full_params(policy), into an unsharded model (the HF sampler's)."""
+    params = dict(dst.named_parameters())
+    for name, t in named:
+        params[name].copy_(t)
+
+
+def lockstep(parts):
+    """Every forward (all-gather) and backward (reduce-scatter) of a sharded model is a collective, but
+    ranks may hold unequal numbers of micro-batches: pads this rank's list with None (run `dummy_pass`)
+    to the longest rank's length."""
+    n = torch.tensor([len(parts)])
+    dist.all_reduce(n, op=dist.ReduceOp.MAX)
+    return list(parts) + [None] * (int(n) - len(parts))
+
+
+def dummy_pass(m, device, backward=True):
+    """Joins one micro-batch's collectives with 2 tokens that add exactly 0 to every gradient."""
+    lp = logprobs(m, torch.zeros(1, 2, dtype=torch.long, device=device))
+    if backward:
+        (lp.sum() * 0).backward()
+
+
+def optimizer_state(m, opt):
+    """AdamW's state as one full state dict keyed by parameter name, on rank 0 (a collective; others get {}).
+    One file, not a shard per rank: not tied to the number of ranks, for 8 bytes per parameter in rank
+    0's host memory while saving."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    return get_optimizer_state_dict(m, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(m, opt, state):
+    """The inverse: rank 0's `state` is cut into this run's shards and sent to every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(m, opt, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+# -----------------------------------------------------------------------------
+# The memory plan: per-GPU bytes of sharded training and rollouts, from config.json alone
+#
+# Activations, bytes per token and decoder layer (bf16), counted in HF's Qwen2/Qwen3/Llama code and checked
+# against what autograd keeps (tests/test_fsdp.py): two RMSNorms keep an fp32 copy of their input, the
+# normalised input and the weighted output (8h each); attention keeps q, k, v, its output and the o_proj input
+# (4q + 4kv; flash/SDPA keeps no T x T matrix); the SwiGLU MLP gate, silu(gate), up and their product (8I);
+# Qwen3's q/k norms 6q + 6kv. Korthikanti et al. 2022's count (sbh(34 + 5as/h) per GPT layer) for SwiGLU,
+# grouped KV heads and flash attention. Checkpointed, a layer keeps its input (2h) and one is recomputed.
+GiB = 2 ** 30
+RESERVE = 4 * GiB  # CUDA context, NCCL buffers, a sleeping vLLM, allocator slack: assumed
+
+
+def memory_plan(model_dir, nproc, seq, micro_batch, grad_ckpt=False, cpu_offload=False, engine=None,
+                vllm_memory=0.5, rollout_rows=0, gpu_gib=80.0):
+    """{rows: [(item, bytes, note)], update, rollout (phase totals), P, kv_cache, summary}, per GPU."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+        raise SystemExit(f"--plan: {os.path.join(model_dir, 'config.json')} not found")
+    cfg = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):  # shapes only: exact parameter counts, nothing allocated
+        m = AutoModelForCausalLM.from_config(cfg)
+    layers = decoder_layers(m)
+    L, P, P_layer = len(layers), sum(p.numel() for p in m.parameters()), sum(p.numel() for p in layers[0].parameters())
+    h, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    hd = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    per_layer = 16 * h + 4 * q + 4 * kv + 8 * I + (6 * q + 6 * kv if hasattr(layers[0].self_attn, "q_norm") else 0)
+    T, shard_ = micro_batch * seq, 0 if cpu_offload else P / nproc
+    act = {False: T * L * per_layer, True: T * (L * 2 * h + per_layer)}
+    rows = [("parameters, fp32 shard", 4 * shard_, "master weights, 4P/N" + (" (--cpu-offload: host memory)" if cpu_offload else "")),
+            ("gradients, fp32 shard", 4 * shard_, "4P/N, freed before the rollouts"),
+            ("AdamW moments, fp32 shards", 8 * shard_, "8P/N"),
+            ("gathered bf16 weights + gradients", 4 * (P - L * P_layer) + 6 * P_layer, "embeddings/lm_head, 2 layers in flight"),
+            ("activations" + (", checkpointed" if grad_ckpt else ""), act[grad_ckpt],
+             f"{micro_batch} x {seq} tokens; {'without' if grad_ckpt else 'with'} checkpointing {act[not grad_ckpt] / GiB:.1f} GiB"),
+            ("logits", 12 * V * T, "fp32 log-softmax + its gradient: 12 bytes x vocab x tokens"),
+            ("CUDA context, NCCL, allocator", RESERVE, "assumed")]
+    plan = dict(rows=rows, update=sum(r[1] for r in rows), rollout=None, P=P, kv_cache=None,
+                summary=f"{type(m).__name__}, {P / 1e9:.2f}B parameters, {L} layers, vocab {V}")
+    resident, kv_token = 12 * shard_ + RESERVE, 2 * L * kv * 2  # no gradients between updates; K and V, bf16
+    if engine == "vllm":
+        share = vllm_memory * gpu_gib * GiB
+        plan["kv_cache"] = cache = share - 2 * P - 2 * GiB  # minus its bf16 weights and ~2 GiB working memory (assumed)
+        rows.append(("vLLM, asleep during the update", share, f"bf16 weights {2 * P / GiB:.1f} GiB + KV cache "
+                     f"{cache / GiB:.1f} GiB = {max(cache, 0) / kv_token / seq:.1f} sequences of {seq} tokens"))
+        plan["rollout"] = resident + share
+    elif engine == "hf":  # the sampler's replica stays; its KV cache grows to every row's full length
+        rows.append(("hf sampler: bf16 replica", 2 * P, f"+ KV cache at rollouts: {rollout_rows} rows x {seq} tokens"))
+        plan["update"] += 2 * P
+        plan["rollout"] = resident + 2 * P + rollout_rows * seq * kv_token
+    return plan
+
+
+def print_plan(model_dir, nproc, gpu_gib, **kw):
+    """--plan in sft.py and rl.py: prints the plan; returns None if it fits, else the one-line reason."""
+    plan = memory_plan(model_dir, nproc, gpu_gib=gpu_gib, **kw)
+    print(f"memory plan per GPU, {nproc} x {gpu_gib:g} GiB: {model_dir} ({plan['summary']})")
+    for item, b, note in plan["rows"]:
+        print(f"  {item:<36} {b / GiB:6.1f} GiB  {note}")
+    print(f"  {'update phase':<36} {plan['update'] / GiB:6.1f} GiB")
+    if plan["rollout"] is not None:
+        print(f"  {'rollout phase':<36} {plan['rollout'] / GiB:6.1f} GiB  (fp32 shards + AdamW state stay resident)")
+    print(f"  host memory: {nproc} x {4 * plan['P'] / GiB:.0f} GiB while the ranks load the fp32 model, "
+          f"{12 * plan['P'] / GiB:.0f} GiB on rank 0 while it saves a checkpoint")
+    if plan["kv_cache"] is not None and plan["kv_cache"] <= 0:
+        return f"does not fit: --vllm-gpu-memory {kw['vllm_memory']} leaves vLLM no room for a KV cache after its weights"
+    for phase in ("update", "rollout"):
+        if plan[phase] is not None and plan[phase] > gpu_gib * GiB:
+            item, b, _ = max(plan["rows"][:7] if phase == "update" else plan["rows"], key=lambda r: r[1])
+            return (f"does not fit: the {phase} phase needs {plan[phase] / GiB:.1f} GiB per GPU, over --gpu-memory "
+                    f"{gpu_gib:g} (largest item: {item}, {b / GiB:.1f} GiB)")
+    print("fits")
+    return None
 
 
 def main():

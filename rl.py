@@ -24,10 +24,13 @@ Deliberate simplifications (the released verl fork does more):
      no minimum response length. Episode rollouts go on after a failed call (the release stops them).
   3. Group statistics: unbiased std as in the release; a group with one kept rollout gets A = 0 (the
      release's A = r has no baseline) and is dropped by dynamic sampling like any zero-std group.
-  4. Data parallel by an explicit gradient all-reduce instead of the DistributedDataParallel wrapper:
-     ranks hold different numbers of samples (dynamic sampling, step level, even none), and the token
-     mean is taken over the global mini-batch. Every rank keeps a full fp32 model + AdamW (bf16 autocast
-     on GPU): no FSDP/ZeRO, so ~1B parameters per 80 GB GPU at most.
+  4. Training is sharded with FSDP2 (model.shard, one code path from one CPU process to N GPUs): 1/N of
+     the fp32 weights and AdamW state per rank, one layer gathered at a time (bf16 on GPU). Ranks hold
+     different numbers of samples (dynamic sampling, step level, even none): the token mean is over the
+     global mini-batch, and a rank short of micro-batches runs zero-weight ones (every forward and
+     backward is a collective). Rollouts sample from an unsharded copy (--engine hf: a bf16 replica;
+     vllm: the engine) that receives the new weights one gathered tensor at a time after each update.
+     --plan says beforehand whether a model fits (the README has the paper's four models).
   5. Every random draw is seeded from (--seed, data position): runs are reproducible, --resume continues
      bit for bit, and with --rollout-chunk set the samples do not depend on the number of ranks.
   6. --engine vllm (one in-process engine per rank, weights pushed through model.VLLM.sync_weights after
@@ -39,15 +42,16 @@ Out: --out model dir + trainer_state.pt (optimizer, iteration, data position) + 
 
 Toy default (no --data: the toy problems and the TOY sizes below; out/sft -> out/rl, minutes on a CPU):
     python tirgen.py && python sft.py && python rl.py
-Real model (paper defaults: G=16, lr 1e-6, clip 0.2/0.28, nll_alpha 0.01, no KL, L_suf 100, 5 calls):
-    python rl.py --model out/sft-7b --data torl28k.jsonl --out out/rl-7b
-    torchrun --nproc_per_node 8 rl.py --model out/sft-7b --data torl28k.jsonl --out out/rl-7b
-    torchrun --nproc_per_node 8 rl.py ... --engine vllm    # vLLM rollouts, weights pushed after each update
+Real model (paper defaults: G=16, lr 1e-6, clip 0.2/0.28, nll_alpha 0.01, no KL, L_suf 100, 5 calls;
+runs/recipes/ has the whole pipeline for each of the paper's four models):
+    python rl.py --plan --model out/sft-7b --nproc 8 --gpu-memory 79 --engine vllm --micro-batch 2 --grad-checkpointing
+    torchrun --nproc_per_node 8 rl.py --model out/sft-7b --data torl28k.jsonl --out out/rl-7b \\
+        --engine vllm --micro-batch 2 --grad-checkpointing    # vLLM rollouts colocated on each GPU
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 rl.py ...   # 2 nodes
     python rl.py ... --resume                              # continue from the checkpoint in --out
 Ablations: --no-step-level (paper T4), --no-episode-level, --keep-failed-episodes, --l-suf, --kl ...
 """
 import argparse
-import contextlib
 import functools
 import json
 import math
@@ -103,14 +107,15 @@ def parse_args(argv=None):
     p.add_argument("--data", help="training problems JSONL (id, problem, answer); without it the toy world: "
                    "data/toy_train.jsonl and the TOY sizes")
     p.add_argument("--out", default="out/rl", help="output model dir; also holds the checkpoint and log.jsonl")
-    p.add_argument("--template", default="raw", choices=["raw", "chat"], help="prompt convention (model.build_prompt)")
+    p.add_argument("--template", default="raw", choices=["raw", "chat", "thinking"], help="prompt convention (model.build_prompt)")
     # Rollouts
     p.add_argument("--group-size", type=int, default=16, help="G: rollouts per problem and regenerations per prefix (paper: 16)")
     p.add_argument("--max-new-tokens", type=int, default=4096, help="response budget, tokens (paper: 4096 non-reasoning)")
     p.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature (release: 1.0)")
     p.add_argument("--max-tool-calls", type=int, default=5, help="tool executions per rollout (paper: 5)")
     p.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="rollout sampler: model.py's KV-cached one, or vLLM")
-    p.add_argument("--vllm-gpu-mem", type=float, default=0.4, help="share of GPU memory vLLM may take (training uses the rest)")
+    p.add_argument("--vllm-gpu-memory", type=float, default=0.5,
+                   help="share of each GPU's memory vLLM takes (weights + KV cache); training keeps its shards in the rest")
     p.add_argument("--rollout-chunk", type=int, default=0,
                    help="problems per sampler call (0: one call per rank per round); set it to make samples independent of the rank count")
     p.add_argument("--sandbox-workers", type=int, default=2, help="parallel code executions per rank")
@@ -129,6 +134,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-problems", type=int, default=5120, help="problems per rollout batch, all ranks (release: 5120)")
     p.add_argument("--updates-per-batch", type=int, default=40, help="optimizer steps (mini-batches) per rollout batch (release: 40)")
     p.add_argument("--micro-batch", type=int, default=8, help="sequences per forward pass per rank (gradient accumulation)")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (saves memory)")
+    p.add_argument("--cpu-offload", action="store_true", help="keep the weight shards and AdamW state in host memory (GPU)")
     p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate, constant (paper: 1e-6)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (release: 0.01)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (release: 1.0)")
@@ -145,8 +152,14 @@ def parse_args(argv=None):
     p.add_argument("--eval-data", help="held-out problems JSONL for the greedy evaluation (default: none; toy: data/toy_test.jsonl)")
     p.add_argument("--eval-problems", type=int, default=200, help="problems of --eval-data to evaluate")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every this many iterations, before the first and after the last (0: never)")
+    # Memory plan: reads --model's config.json only, prints GiB per GPU, exits 0 if it fits, 1 if not
+    p.add_argument("--plan", action="store_true", help="print the memory plan for --nproc GPUs and exit (sequence: 512 prompt + --max-new-tokens)")
+    p.add_argument("--nproc", type=int, default=8, help="GPUs the plan shards over")
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU for the plan (an 80 GB H100 has 79.6)")
     args = p.parse_args(argv)
-    if args.data is None:  # the toy default (toy data, TOY sizes); explicit flags still win over them
+    if args.plan and not args.model:
+        p.error("--plan needs --model DIR (a model dir, or just its config.json)")
+    if args.data is None and not args.plan:  # the toy default (toy data, TOY sizes); explicit flags still win over them
         p.set_defaults(**TOY)
         args = p.parse_args(argv)
         if not os.path.isdir(args.model):
@@ -234,44 +247,48 @@ def padded(samples, field, dev):
     return pad_sequence(rows, batch_first=True).to(dev)
 
 
-def token_logprobs(net, samples, temperature):
-    ids = padded(samples, "ids", net.device)                                    # (B, T)
-    attn = pad_sequence([torch.ones(len(s.ids), dtype=torch.long) for s in samples], batch_first=True).to(net.device)
+def token_logprobs(net, samples, temperature, dev=None):
+    dev = dev or net.device  # a sharded model's shards may sit in host memory (--cpu-offload): pass the GPU
+    ids = padded(samples, "ids", dev)                                           # (B, T)
+    attn = pad_sequence([torch.ones(len(s.ids), dtype=torch.long) for s in samples], batch_first=True).to(dev)
     return model.logprobs(net, ids, attn, temperature).float()                  # (B, T) log pi(token | before)
 
-def update(policy, ref, opt, params, samples, it, args, dev, amp):
-    """Eq. 9 on one rollout batch: old logprobs once, then K AdamW steps on mini-batches of it."""
+def update(policy, ref, opt, samples, it, args, dev):
+    """Eq. 9 on one rollout batch: old logprobs once, then K AdamW steps on mini-batches of it. Every
+    forward and backward of the sharded policy is a collective: model.lockstep pads this rank's
+    micro-batches (None: a dummy pass) to the count of the rank with the most."""
     mb_size, st = args.micro_batch, Counter()
-    with torch.no_grad(), amp():  # pi_old (and the reference) of Eq. 4, fixed for the K steps
-        for k in range(0, len(samples), mb_size):
-            part = samples[k:k + mb_size]
-            for s, o in zip(part, token_logprobs(policy, part, args.temperature)):
-                s.old = o[:len(s.ids)]
-            for s, r in zip(part, token_logprobs(ref, part, args.temperature) if args.kl else []):
-                s.ref = r[:len(s.ids)]
+    with torch.no_grad():  # pi_old (and the reference) of Eq. 4, fixed for the K steps
+        for part in model.lockstep([samples[k:k + mb_size] for k in range(0, len(samples), mb_size)]):
+            for net, field in [(policy, "old")] + [(ref, "ref")] * bool(args.kl):
+                if part is None:
+                    model.dummy_pass(net, dev, backward=False)
+                    continue
+                for s, o in zip(part, token_logprobs(net, part, args.temperature, dev)):
+                    setattr(s, field, o[:len(s.ids)])
     order = samples[:]
     random.Random(seed_of(args.seed, it, 3)).shuffle(order)
     K = args.updates_per_batch
     for k in range(K):
         mb = order[k::K]  # episode-level and step-level samples together (Eq. 9)
         n_tok, n_pos = allsum([sum(sum(s.mask) for s in mb), sum(sum(s.mask) for s in mb if s.adv > 0)], dev)
-        if n_tok == 0:
+        if n_tok == 0:  # the same on every rank: a global count
             continue
-        opt.zero_grad(set_to_none=False)
-        for j in range(0, len(mb), mb_size):
-            part = mb[j:j + mb_size]
-            with amp():
-                lp = token_logprobs(policy, part, args.temperature)                   # (B, T)
+        for part in model.lockstep([mb[j:j + mb_size] for j in range(0, len(mb), mb_size)]):
+            if part is None:
+                model.dummy_pass(policy, dev)
+                continue
+            lp = token_logprobs(policy, part, args.temperature, dev)                   # (B, T)
             loss, clipped, akl = pg_loss(lp, padded(part, "old", dev), torch.tensor([s.adv for s in part], device=dev),
                                          padded(part, "mask", dev).float(), n_tok, n_pos, args.clip_low, args.clip_high,
                                          args.nll_alpha, padded(part, "ref", dev) if args.kl else None, args.kl)
-            loss.backward()
+            # Each rank's loss is its share of the global token mean; FSDP averages the gradients over
+            # the ranks, x WORLD makes that the sum.
+            (loss * WORLD).backward()
             st.update(clip_frac=clipped, approx_kl=akl)
-        if WORLD > 1:  # data parallel: each rank's loss is its share of the global token mean
-            for q in params:
-                dist.all_reduce(q.grad)
-        st["grad_norm"] += torch.nn.utils.clip_grad_norm_(params, args.grad_clip).item()
+        st["grad_norm"] += torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip).full_tensor().item()
         opt.step()
+        opt.zero_grad(set_to_none=True)  # frees the gradients until the next step (and during rollouts)
         st["steps"] += 1
     return st
 
@@ -376,10 +393,12 @@ def console_line(r):
 
 
 def save_checkpoint(policy, tok, opt, done, args):
+    """The model dir + trainer_state.pt. A collective (the shards are gathered): every rank calls it, rank 0 writes."""
+    model.save(policy, tok, args.out)
+    optimizer = model.optimizer_state(policy, opt)
     if RANK == 0:
-        model.save(policy, tok, args.out)
         tmp = os.path.join(args.out, STATE + ".tmp")
-        torch.save({"iteration": done[0], "pos": done[1], "seed": args.seed, "optimizer": opt.state_dict()}, tmp)
+        torch.save({"iteration": done[0], "pos": done[1], "seed": args.seed, "optimizer": optimizer}, tmp)
         os.replace(tmp, os.path.join(args.out, STATE))  # the state file is written last, atomically
 
 
@@ -411,40 +430,43 @@ def plot_curves(log_path, png):
 
 def main(argv=None):
     args = parse_args(argv)
-    if WORLD > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    if dev != "cpu":
-        torch.cuda.set_device(dev)
-    amp = (lambda: torch.autocast("cuda", torch.bfloat16)) if dev != "cpu" else contextlib.nullcontext
+    if args.plan:  # config.json only: no data, no weights, no process group
+        rows = (args.rollout_chunk or math.ceil(args.batch_problems / args.nproc)) * args.group_size
+        raise SystemExit(model.print_plan(args.model, args.nproc, args.gpu_memory, seq=512 + args.max_new_tokens,
+                                          micro_batch=args.micro_batch, grad_ckpt=args.grad_checkpointing,
+                                          cpu_offload=args.cpu_offload, engine=args.engine,
+                                          vllm_memory=args.vllm_gpu_memory, rollout_rows=rows))
+    owns_group = not dist.is_initialized()
+    _, _, dev = model.init_dist()  # torchrun: one process per GPU (or gloo processes on CPU); else a 1-rank group
     if args.threads:
         torch.set_num_threads(args.threads)
     data = rewards.read_problems(args.data)  # our files, or the shared training sets as they are
     eval_set = rewards.read_problems(args.eval_data)[:args.eval_problems] if args.eval_data and args.eval_every else []
-    # Model: fp32 weights (AdamW at lr 1e-6 needs them). Dropout stays off (eval mode), so pi_old and
-    # pi are the same function and the first mini-batch's ratio is exactly 1.
+    # Model: fp32 weights (AdamW at lr 1e-6 needs them), loaded on the CPU by every rank, then sharded.
+    # Dropout stays off (eval mode; --grad-checkpointing needs train mode, and Qwen/Llama configs have no
+    # dropout), so pi_old and pi are the same function and the first mini-batch's ratio is exactly 1.
     state_path = os.path.join(args.out, STATE)
     if args.resume and not os.path.exists(state_path):
         raise SystemExit(f"--resume: no checkpoint at {state_path}")
-    policy, tok = model.load(args.out if args.resume else args.model, device=dev, dtype=torch.float32)
-    ref = model.load(args.model, device=dev, dtype=torch.float32)[0].requires_grad_(False) if args.kl else None
-    params = [q for q in policy.parameters() if q.requires_grad]
-    for q in params:  # every rank all-reduces every gradient, even with no samples of its own
-        q.grad = torch.zeros_like(q)
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    src = args.out if args.resume else args.model
+    policy, tok = model.load(src, device="cpu", dtype=torch.float32)
+    policy = model.shard(policy, dev, args.grad_checkpointing, args.cpu_offload)
+    ref = model.shard(model.load(args.model, device="cpu", dtype=torch.float32)[0].requires_grad_(False), dev) if args.kl else None
+    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     start, pos = 0, 0
-    if args.resume:
-        ckpt = torch.load(state_path, map_location=dev, weights_only=False)
+    if args.resume:  # mmap: only rank 0 reads the optimizer state, which model.load_optimizer_state scatters
+        ckpt = torch.load(state_path, map_location="cpu", weights_only=False, mmap=True)
         if ckpt["seed"] != args.seed:
             raise SystemExit(f"--resume: the checkpoint was made with --seed {ckpt['seed']}; the data order needs it")
-        opt.load_state_dict(ckpt["optimizer"])
+        model.load_optimizer_state(policy, opt, ckpt["optimizer"])
         start, pos = ckpt["iteration"], ckpt["pos"]
-    engine = policy
     if args.engine == "vllm":
         # under torchrun every rank runs its own in-process engine on its GPU, on its own problems
         ddp = dict(distributed_executor_backend="external_launcher", data_parallel_size=WORLD) if WORLD > 1 else {}
-        engine = model.VLLM(args.model, gpu_memory_utilization=args.vllm_gpu_mem, seed=args.seed, **ddp)
-        engine.sync_weights(policy)
+        engine = model.VLLM(args.model, gpu_memory_utilization=args.vllm_gpu_memory, seed=args.seed, **ddp)
+        engine.sync_weights(model.full_params(policy))
+    else:  # the hand-written sampler runs on an unsharded replica (bf16 on GPU): sampling needs no collectives
+        engine = model.load(src, device=dev)[0]
     os.makedirs(args.out, exist_ok=True)
     log_path = os.path.join(args.out, "log.jsonl")
     if RANK == 0:  # a fresh run starts a new log; a resumed one drops the records past its checkpoint
@@ -469,14 +491,13 @@ def main(argv=None):
             raise KeyboardInterrupt
     handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     done = (start, pos)
-    print0(f"rl: {args.model} ({sum(q.numel() for q in params) / 1e6:.1f}M params) on {len(data)} problems, {WORLD} rank(s), "
+    print0(f"rl: {args.model} ({sum(q.numel() for q in policy.parameters()) / 1e6:.1f}M params) on {len(data)} problems, {WORLD} rank(s), "
            f"G={args.group_size}, {args.batch_problems} problems x {args.updates_per_batch} updates per batch")
     with Sandbox(workers=args.sandbox_workers, timeout_s=args.tool_timeout) as raw_sb:
         sb = TimedSandbox(raw_sb)
         try:
             if eval_set and start == 0:
-                with amp():
-                    log({"iteration": 0, **evaluate(engine, tok, sb, eval_set, args, dev)})
+                log({"iteration": 0, **evaluate(engine, tok, sb, eval_set, args, dev)})
             for it in range(start, args.iterations):
                 # --- rollouts, in rounds: DAPO dynamic sampling refills the groups it dropped
                 t0, sb.seconds = time.perf_counter(), 0.0
@@ -486,8 +507,7 @@ def main(argv=None):
                     size = args.rollout_chunk or math.ceil(need / WORLD)
                     chunks = [range(pos + k, pos + min(k + size, need)) for k in range(0, need, size)]
                     for chunk in chunks[RANK::WORLD]:  # chunk c of a round goes to rank c % WORLD
-                        with amp():
-                            s, c = collect(engine, tok, sb, [problem_at(data, q, args.seed) for q in chunk], chunk[0], args)
+                        s, c = collect(engine, tok, sb, [problem_at(data, q, args.seed) for q in chunk], chunk[0], args)
                         samples += s
                         st.update(c)
                     pos += need
@@ -497,9 +517,15 @@ def main(argv=None):
                 t_roll, t_tool = time.perf_counter() - t0, sb.seconds
                 # --- update (no interrupt in the middle: a checkpoint never holds half an iteration)
                 t0, in_update[0] = time.perf_counter(), True
-                upd = update(policy, ref, opt, params, samples, it, args, dev, amp)
                 if args.engine == "vllm":
-                    engine.sync_weights(policy)  # the next rollouts sample from the new weights
+                    engine.sleep()  # frees the GPU memory of vLLM's weights and KV cache for the update
+                upd = update(policy, ref, opt, samples, it, args, dev)
+                # the next rollouts sample from the new weights, streamed one gathered tensor at a time
+                if args.engine == "vllm":
+                    engine.wake()
+                    engine.sync_weights(model.full_params(policy))
+                else:
+                    model.copy_params(engine, model.full_params(policy))
                 done, in_update[0] = (it + 1, pos), False
                 if interrupted:
                     raise KeyboardInterrupt
@@ -507,8 +533,7 @@ def main(argv=None):
                 st.update(clip_frac=upd["clip_frac"], approx_kl=upd["approx_kl"])
                 rec = summarise(st, upd, it + 1, pos, (t_roll - t_tool, t_tool, time.perf_counter() - t0), dev)
                 if eval_set and ((it + 1) % args.eval_every == 0 or it + 1 == args.iterations):
-                    with amp():
-                        rec.update(evaluate(engine, tok, sb, eval_set, args, dev))
+                    rec.update(evaluate(engine, tok, sb, eval_set, args, dev))
                 log(rec)
                 if args.save_every and (it + 1) % args.save_every == 0:
                     save_checkpoint(policy, tok, opt, done, args)
@@ -521,7 +546,7 @@ def main(argv=None):
     if RANK == 0:
         plot_curves(log_path, args.plot)
         print0(f"wrote {args.out} and {args.plot}")
-    if WORLD > 1:
+    if owns_group:
         dist.destroy_process_group()
     return done
 

@@ -16,8 +16,9 @@ Eq. 3, L_SFT = -sum_t log pi(y_t | q, I, y_<t), is a token mean over the trained
     at its observation blocks with each piece encoded on its own (model text up to the closing fence,
     observation, model text, ...), exactly the ids model.rollout produces for the same trajectory.
 Simplifications:
-  1. DDP keeps a full fp32 copy of the model and of AdamW's state on every GPU (bf16 autocast for the
-     math); fine up to ~1B parameters on 80 GB. The paper's 7B/8B runs need ZeRO/FSDP (not here).
+  1. Sharded with FSDP2 (model.shard; one code path, a single CPU process included): each of N ranks
+     keeps 1/N of the fp32 weights, gradients and AdamW state and gathers one layer at a time, in bf16
+     on GPU. --plan prints the memory per GPU from config.json alone and exits non-zero if it won't fit.
   2. Constant LR after a linear warm-up (paper: constant 2e-6; the release adds warm-up ratio 0.05).
   3. Batches: each epoch shuffles the records into micro-batches of --batch-size; --bucket sorts them
      by length first (no padding waste) and shuffles the batches. Bucketing is off by default because
@@ -28,14 +29,15 @@ Simplifications:
 Toy default (out/toy_sft.jsonl + out/tiny -> out/sft, 5 epochs = 300 steps, ~3 min on one CPU core):
     python tirgen.py && python sft.py
     python sft.py --eval-only --model out/tiny --eval-n 200        # the untrained model, for comparison
-Real model (paper: lr 2e-6 constant, 1 epoch, global batch 256, 4096 tokens for non-reasoning models):
-    python sft.py --data sft.jsonl --model Qwen2.5-Math-1.5B --out out/sft-1.5b --lr 2e-6 --epochs 1 \\
-        --batch-size 2 --grad-accum 128 --bucket --max-len 4096 --eval-every 50 --eval-n 0 --grad-checkpointing
-    torchrun --nproc_per_node 8 sft.py ... --grad-accum 16      # global batch = batch-size x grad-accum x 8
-    python sft.py ... --resume                                  # continue an interrupted run from --out
+Real model (paper: lr 2e-6 constant, 1 epoch, global batch 256, 4096 tokens for non-reasoning models;
+runs/recipes/ has the whole pipeline for each of the paper's four models):
+    python sft.py --plan --model Qwen2.5-Math-7B --nproc 8 --gpu-memory 79 --batch-size 2 --grad-checkpointing
+    torchrun --nproc_per_node 8 sft.py --data sft.jsonl --model Qwen2.5-Math-7B --out out/sft-7b --lr 2e-6 \\
+        --epochs 1 --batch-size 2 --grad-accum 16 --bucket --max-len 4096 --grad-checkpointing --eval-n 0
+                                   # global batch = batch-size x grad-accum x 8 ranks = 256
+    python sft.py ... --resume     # continue an interrupted run from --out (same number of ranks)
 """
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -63,7 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default=TOY_DATA, help="trajectory JSONL (problem fields + response)")
     p.add_argument("--model", default=model.TINY_DIR, help="model dir to start from (out/tiny is built if missing)")
     p.add_argument("--out", default="out/sft", help="output model dir; also holds the checkpoint")
-    p.add_argument("--template", default="raw", choices=["raw", "chat"], help="prompt convention (model.build_prompt)")
+    p.add_argument("--template", default="raw", choices=["raw", "chat", "thinking"], help="prompt convention (model.build_prompt)")
     p.add_argument("--max-len", type=int, default=4096, help="drop records longer than this many tokens (paper: 4096)")
     p.add_argument("--heldout", type=float, default=0.05, help="fraction of the records kept out for the held-out loss")
     # Optimization
@@ -81,6 +83,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (the tiny model's matrices are too "
                    "small to split: 1 thread is several times faster than 2 on a busy 2-core machine)")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (saves memory)")
+    p.add_argument("--cpu-offload", action="store_true", help="keep the weight shards and AdamW state in host memory (GPU)")
     p.add_argument("--eval-every", type=int, default=100, help="held-out loss every this many steps (0: only at the end)")
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every this many steps (and at the end)")
     p.add_argument("--max-steps", type=int, default=0, help="stop (with a checkpoint) after this many steps; 0: run all")
@@ -92,6 +95,10 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the evaluation (0: greedy)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="response budget of the evaluation, tokens")
     p.add_argument("--max-tool-calls", type=int, default=5, help="tool-call budget of the evaluation")
+    # Memory plan: reads --model's config.json only, prints GiB per GPU, exits 0 if it fits, 1 if not
+    p.add_argument("--plan", action="store_true", help="print the memory plan for --nproc GPUs and exit")
+    p.add_argument("--nproc", type=int, default=8, help="GPUs the plan shards over")
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU for the plan (an 80 GB H100 has 79.6)")
     return p.parse_args(argv)
 
 # -----------------------------------------------------------------------------
@@ -192,29 +199,29 @@ def print0(*a):
 
 
 def all_sum(*xs):
-    """Sums floats over all processes (a no-op without torchrun)."""
+    """Sums floats over all processes (gloo carries CPU tensors on GPU machines too: model.init_dist)."""
     t = torch.tensor(xs, dtype=torch.float64)
-    if dist.is_initialized():
-        t = t.to("cuda" if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(t)
+    dist.all_reduce(t)
     return t.tolist()
 
 
-def batch_nll(m, ids, attn, mask, autocast):
+def batch_nll(m, ids, attn, mask):
     """(sum of -log pi over trained tokens, their number) for one (B, T) batch."""
-    with autocast:
-        lp = model.logprobs(m, ids, attn)  # (B, T), column t: log pi(ids[t] | ids[<t])
+    lp = model.logprobs(m, ids, attn)  # (B, T), column t: log pi(ids[t] | ids[<t])
     return -(lp * mask).sum(), mask.sum().item()
 
 
 @torch.no_grad()
-def heldout_loss(m, examples, args, pad, device, autocast, rank, world):
+def heldout_loss(m, examples, args, pad, device, rank, world):
     m.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
     batches = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
     nll = n = 0.0
-    for b in batches[rank::world]:
-        s, c = batch_nll(m, *collate([examples[i] for i in b], pad, device), autocast)
+    for b in model.lockstep(batches[rank::world]):  # ranks hold unequal shares: every forward is a collective
+        if b is None:
+            model.dummy_pass(m, device, backward=False)
+            continue
+        s, c = batch_nll(m, *collate([examples[i] for i in b], pad, device))
         nll, n = nll + s.item(), n + c
     m.train()
     nll, n = all_sum(nll, n)
@@ -248,11 +255,16 @@ def eval_line(e):
 
 
 def save_checkpoint(m, tok, opt, step, plan, heldout_ids, world, out):
+    """A collective (the shards are gathered): every rank calls it, rank 0 writes."""
     tmp, old = out + ".tmp", out + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
     model.save(m, tok, tmp)
+    optimizer = model.optimizer_state(m, opt)
+    if dist.get_rank():
+        return
     rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    torch.save(dict(step=step, plan=plan, heldout=heldout_ids, world=world, optimizer=opt.state_dict(), rng=rng),
+    torch.save(dict(step=step, plan=plan, heldout=heldout_ids, world=world, optimizer=optimizer, rng=rng),
                os.path.join(tmp, STATE))
     if os.path.isdir(out):
         os.replace(out, old)
@@ -298,56 +310,51 @@ def report(summary, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    ddp = "RANK" in os.environ
-    if ddp:  # torchrun: one process per GPU (or gloo processes on CPU)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    else:
-        torch.set_num_threads(args.threads)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    torch.manual_seed(args.seed)
+    if args.plan:  # config.json only: no data, no weights, no process group
+        raise SystemExit(model.print_plan(args.model, args.nproc, args.gpu_memory, seq=args.max_len, micro_batch=args.batch_size,
+                                          grad_ckpt=args.grad_checkpointing, cpu_offload=args.cpu_offload))
     records = None if args.eval_only else read_records(args.data)  # every record is checked before training
+    owns_group = not dist.is_initialized()
+    rank, world, device = model.init_dist()  # torchrun: one process per GPU (or gloo processes on CPU)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
     if args.model == model.TINY_DIR and rank == 0:
         model.ensure_tiny()
-    if ddp:
-        dist.barrier()
+    dist.barrier()
     if args.eval_only:
         m, tok = model.load(args.model, device=device)
         summary = {}
         if rank == 0:
             summary["eval"] = solve_rate(m, tok, args)
             print(f"{args.model}: {eval_line(summary['eval'])}")
+        if owns_group:
+            dist.destroy_process_group()
         return m, summary
     state = None
     if args.resume:
         if not os.path.exists(os.path.join(args.out, STATE)):
             raise SystemExit(f"--resume: no checkpoint in {args.out}")
-        state = torch.load(os.path.join(args.out, STATE), map_location="cpu", weights_only=False)
+        # mmap: only rank 0 reads the optimizer state (model.load_optimizer_state sends each rank its shard)
+        state = torch.load(os.path.join(args.out, STATE), map_location="cpu", weights_only=False, mmap=True)
         if state["world"] != world:
             raise SystemExit(f"--resume: the checkpoint in {args.out} was made with {state['world']} processes, not {world}")
-    # Weights in fp32 (the master copy); on GPU the math runs under bf16 autocast.
-    m, tok = model.load(args.out if state else args.model, device=device, dtype=torch.float32)
+    # fp32 weights, loaded on the CPU by every rank, then sharded (model.shard moves the shards to the GPU)
+    m, tok = model.load(args.out if state else args.model, device="cpu", dtype=torch.float32)
     train, heldout, heldout_ids, plan = split_data(args, tok, records, state)
     # Rank r takes micro-batches r, r + world, ...; an optimizer step takes --grad-accum of them per rank.
+    # Every rank gets as many as the others, so their forward/backward collectives pair up.
     mine = plan[rank:len(plan) // world * world:world]
     total_steps = math.ceil(len(mine) / args.grad_accum)
     warmup_steps = max(1, round(args.warmup * total_steps))
     print0(f"{len(train)} train / {len(heldout)} held-out records from {args.data}; {total_steps} steps of "
            f"{args.batch_size}x{args.grad_accum}x{world} sequences; {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M parameters")
-
-    if args.grad_checkpointing:
-        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    m = model.shard(m, device, args.grad_checkpointing, args.cpu_offload)
     m.train()
-    raw = m
-    if ddp:
-        m = torch.nn.parallel.DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.AdamW(raw.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    opt = torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step = 0
     if state:
-        opt.load_state_dict(state["optimizer"])
+        model.load_optimizer_state(m, opt, state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -355,9 +362,7 @@ def main(argv=None):
         print0(f"resumed from {args.out} at step {step}")
 
     pad = tok.pad_token_id
-    # Held-out loss runs on the unwrapped model: ranks hold unequal shares of the held-out records and
-    # a DDP forward would start a collective on some ranks only (a hang).
-    first_heldout = heldout_loss(raw, heldout, args, pad, device, autocast, rank, world) if heldout else float("nan")
+    first_heldout = heldout_loss(m, heldout, args, pad, device, rank, world) if heldout else float("nan")
     last_heldout, train_losses, tokens, trained_tokens = first_heldout, [], 0, 0
     stop = min(total_steps, step + args.max_steps) if args.max_steps else total_steps
     t0 = time.time()
@@ -365,50 +370,46 @@ def main(argv=None):
     while step < stop:
         micro = [[train[i] for i in b] for b in mine[step * args.grad_accum:(step + 1) * args.grad_accum]]
         # Eq. 3 as a token mean over the whole global batch: every micro-batch's summed NLL is divided
-        # by the number of trained tokens on all ranks; x world undoes DDP's averaging of gradients.
+        # by the number of trained tokens on all ranks; x world undoes FSDP's averaging of gradients.
         n_global, = all_sum(sum(sum(mk) for mb in micro for _, mk in mb))
         nll_sum = 0.0
-        for k, mb in enumerate(micro):
+        for mb in micro:
             ids, attn, mask = collate(mb, pad, device)  # (B, T) each
-            last = k == len(micro) - 1  # DDP all-reduces the gradients on the last micro-batch only
-            with m.no_sync() if ddp and not last else contextlib.nullcontext():
-                nll, _ = batch_nll(m, ids, attn, mask, autocast)
-                (nll * world / n_global).backward()
+            nll, _ = batch_nll(m, ids, attn, mask)
+            (nll * world / n_global).backward()  # the sharded gradients accumulate over the micro-batches
             nll_sum += nll.item()
             tokens += int(attn.sum())
         lr = args.lr * min(1.0, (step + 1) / warmup_steps)  # linear warm-up, then constant (§2.3)
         for group in opt.param_groups:
             group["lr"] = lr
         if args.clip > 0:
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), args.clip)
+            torch.nn.utils.clip_grad_norm_(m.parameters(), args.clip)  # the norm over all shards
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
         train_losses.append(all_sum(nll_sum)[0] / n_global)
         trained_tokens += int(n_global)
         if heldout and (step == stop or (args.eval_every and step % args.eval_every == 0)):
-            last_heldout = heldout_loss(raw, heldout, args, pad, device, autocast, rank, world)
+            last_heldout = heldout_loss(m, heldout, args, pad, device, rank, world)
             if rank == 0:
                 tqdm.write(f"step {step}: train loss {train_losses[-1]:.4f}, held-out loss {last_heldout:.4f}")
-        if rank == 0 and (step == stop or step % args.save_every == 0):
-            save_checkpoint(raw, tok, opt, step, plan, heldout_ids, world, args.out)
+        if step == stop or step % args.save_every == 0:
+            save_checkpoint(m, tok, opt, step, plan, heldout_ids, world, args.out)
         bar.update(1)
         bar.set_postfix(loss=f"{train_losses[-1]:.3f}", lr=f"{lr:.1e}")
     bar.close()
 
-    # Summary, and the held-out solve rate of the final model (rank 0).
+    # Summary, and the held-out solve rate of the saved model dir (what the next stage loads; rank 0).
     summary = dict(steps=step, total_steps=total_steps, seconds=time.time() - t0, tokens=int(all_sum(tokens)[0]),
                    trained_tokens=trained_tokens, train_loss=sum(train_losses[-10:]) / max(len(train_losses[-10:]), 1),
                    heldout_loss=last_heldout, first_heldout_loss=first_heldout)
-    if ddp:
-        dist.barrier()
     if rank == 0:
         if args.eval_n > 0:
-            summary["eval"] = solve_rate(raw, tok, args)
+            summary["eval"] = solve_rate(model.load(args.out, device=device)[0], tok, args)
         report(summary, args)
-    if ddp:
+    if owns_group:
         dist.destroy_process_group()
-    return raw, summary
+    return m, summary
 
 
 if __name__ == "__main__":
