@@ -110,7 +110,8 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature (release: 1.0)")
     p.add_argument("--max-tool-calls", type=int, default=5, help="tool executions per rollout (paper: 5)")
     p.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="rollout sampler: model.py's KV-cached one, or vLLM")
-    p.add_argument("--vllm-gpu-mem", type=float, default=0.4, help="share of GPU memory vLLM may take (training uses the rest)")
+    p.add_argument("--vllm-gpu-memory", type=float, default=0.4,
+                   help="share of each GPU's memory vLLM may take, weights + KV cache (training uses the rest)")
     p.add_argument("--rollout-chunk", type=int, default=0,
                    help="problems per sampler call (0: one call per rank per round); set it to make samples independent of the rank count")
     p.add_argument("--sandbox-workers", type=int, default=2, help="parallel code executions per rank")
@@ -443,8 +444,8 @@ def main(argv=None):
     if args.engine == "vllm":
         # under torchrun every rank runs its own in-process engine on its GPU, on its own problems
         ddp = dict(distributed_executor_backend="external_launcher", data_parallel_size=WORLD) if WORLD > 1 else {}
-        engine = model.VLLM(args.model, gpu_memory_utilization=args.vllm_gpu_mem, seed=args.seed, **ddp)
-        engine.sync_weights(policy)
+        engine = model.VLLM(args.model, gpu_memory=args.vllm_gpu_memory, seed=args.seed, **ddp)
+        engine.sync_weights(policy.state_dict().items())  # --resume: the checkpoint's weights
     os.makedirs(args.out, exist_ok=True)
     log_path = os.path.join(args.out, "log.jsonl")
     if RANK == 0:  # a fresh run starts a new log; a resumed one drops the records past its checkpoint
@@ -497,9 +498,14 @@ def main(argv=None):
                 t_roll, t_tool = time.perf_counter() - t0, sb.seconds
                 # --- update (no interrupt in the middle: a checkpoint never holds half an iteration)
                 t0, in_update[0] = time.perf_counter(), True
+                if args.engine == "vllm":
+                    engine.sleep()  # frees its weights and KV cache on the GPU for the update
                 upd = update(policy, ref, opt, params, samples, it, args, dev, amp)
                 if args.engine == "vllm":
-                    engine.sync_weights(policy)  # the next rollouts sample from the new weights
+                    engine.wake()
+                    t_sync = time.perf_counter()  # the next rollouts sample from the new weights:
+                    n = engine.sync_weights(policy.state_dict().items())
+                    print0(f"vllm: {n} tensors synced to the engine in {time.perf_counter() - t_sync:.2f} s")
                 done, in_update[0] = (it + 1, pos), False
                 if interrupted:
                     raise KeyboardInterrupt
