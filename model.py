@@ -459,10 +459,9 @@ def _rollback(row, b, cols, attn, live, cut, feedback):
 
 
 class VLLM:
-    """A vLLM engine over a model dir, in this process (so weights pass to it without serialising),
-    with prefix caching (each resubmission after a tool call shares its prompt's cache). `rollout`
-    takes it in place of an HF model. On a GPU it can share the device with training: `gpu_memory`
-    is its share (weights + KV cache), and it sleeps during the update."""
+    """A vLLM engine over a model dir, in this process (weights reach it without serialising), prefix
+    caching on (resubmissions after a tool call share their prompt's cache). `rollout` takes it in place
+    of an HF model. On a GPU it shares the device with training: `gpu_memory` is its share."""
 
     def __init__(self, path, gpu_memory=0.9, seed=0, **engine_kwargs):
         try:
@@ -473,27 +472,26 @@ class VLLM:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process
         self.gpu = torch.cuda.is_available()
         # A CPU gets fp32, as in `load` (bf16 matmuls fall back to slow kernels without AVX512-BF16), and
-        # eager mode: compiling the graphs took 75-90 s at each start (the compile cache failed to
-        # reload), eager ~13 s. A GPU keeps the checkpoint's dtype and its compiled CUDA graphs.
+        # eager mode: compiling took 75-90 s at each start (its compile cache failed to reload), eager
+        # ~13 s. A GPU keeps the checkpoint's dtype and compiled CUDA graphs.
         engine_kwargs = {**({} if self.gpu else dict(enforce_eager=True, dtype="float32")), **engine_kwargs}
         self.llm = LLM(model=path, seed=seed, gpu_memory_utilization=gpu_memory, enable_prefix_caching=True,
                        enable_sleep_mode=self.gpu, **engine_kwargs)
         self.tok, self.dtype = self.llm.get_tokenizer(), self.llm.llm_engine.model_config.dtype
-        try:  # end tokens as the HF model sees them (eos_ids): the generation config's, else config.json's
+        try:  # the end tokens as the HF model sees them (eos_ids): the generation config's, else config.json's
             self.generation_config = GenerationConfig.from_pretrained(path)
         except OSError:
             self.generation_config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(path))
 
     def generate(self, prompts, params):
-        """Token-id prompts + SamplingParams fields (one dict each) -> one vLLM CompletionOutput each
-        (token_ids, logprobs, finish_reason, stop_reason)."""
+        """Token-id prompts, SamplingParams fields (a dict each) -> a vLLM CompletionOutput each."""
         from vllm import SamplingParams
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], [SamplingParams(**k) for k in params],
                                  use_tqdm=False)
         return [o.outputs[0] for o in outs]
 
-    # vLLM's CPU backend has no sleep mode (its worker ignores the call), so on a CPU these are no-ops.
-    # Level 2 drops the weights instead of copying them to host memory: sync_weights rewrites every one.
+    # Around the training update. Level 2 frees the weights without a host copy (sync_weights rewrites
+    # them all). vLLM's CPU backend has no sleep mode (its worker ignores the call): no-ops there.
     def sleep(self):
         if self.gpu:
             self.llm.sleep(level=2)
@@ -503,12 +501,11 @@ class VLLM:
             self.llm.wake_up()
 
     def sync_weights(self, named_tensors):
-        """Load new weights from (HF name, full tensor) pairs, consumed lazily: vLLM's public
-        `reload_weights` buffers each layer's tensors until the layer is complete, then converts it
-        to its kernel format (repacking, fusing q/k/v) and copies it into place, so at most about one
-        layer is held at a time. (`load_weights` into the live model fails on vLLM's CPU backend:
-        packing a linear layer replaces its weight by an empty Parameter with no weight_loader.)
-        A tensor must stay valid after the iterator moves on. Returns how many tensors were loaded."""
+        """Load (HF name, full tensor) pairs, consumed lazily by vLLM's public `reload_weights`: it
+        holds a layer's tensors until the layer is complete, converts it to kernel format (fused q/k/v,
+        CPU repacking) and copies it into place, so about one layer is held at a time; a tensor must
+        stay valid after the iterator moves on. (`load_weights` fails on vLLM's CPU backend: packing a
+        linear layer leaves an empty weight Parameter without weight_loader.) Returns the tensor count."""
         sent = []
         stream = ((sent.append(name) or name, t.to(self.dtype)) for name, t in named_tensors)
         self.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=stream, is_checkpoint_format=True))
@@ -542,10 +539,9 @@ def _vllm_rollout(engine, tok, prompts, sandbox, n, prefixes, cfg, sampling, see
         results = sandbox.run_many([c for _, c in to_run]) if to_run else []
         for (row, code), res in zip(to_run, results):
             action = row.on_result(code, res, format_observation(res))
-            if action:  # a rollback in token space is just a truncation
-                _, cut, feedback = action
-                row.truncate(cut)
-                row.pending = [(t, 0, 0.0) for t in feedback]
+            if action:  # ("rollback", cut, feedback): in token space a rollback is just a truncation
+                row.truncate(action[1])
+                row.pending = [(t, 0, 0.0) for t in action[2]]
             for t, m, lp in row.pending:
                 row.push(t, m, lp)
             row.pending = []

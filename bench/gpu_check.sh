@@ -22,7 +22,7 @@ HAS_VLLM=$(python3 -c "import vllm; print(vllm.__version__)" 2>/dev/null || echo
 echo "vllm: ${HAS_VLLM:-not installed (steps 3 and the vLLM engine of step 4 are skipped)}" | tee "$OUT/summary.txt"
 
 # 1. the model: Qwen2-1.5B's shapes (1.54B parameters), random bf16 weights, the tiny model's tokenizer
-timeout 120 python3 - "$M" <<'EOF' 2>&1 | tee -a "$OUT/summary.txt"
+timeout 90 python3 - "$M" <<'EOF' 2>&1 | tee -a "$OUT/summary.txt"
 import sys, torch, model
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 out = sys.argv[1]
@@ -44,7 +44,7 @@ timeout 30 python3 rl.py --model "$M" --plan --nproc 1 --gpu-memory 139 --group-
 
 # 3. vLLM colocated with the policy
 if [ -n "$HAS_VLLM" ]; then
-timeout 240 python3 - "$M" <<'EOF' 2>&1 | grep -v "INFO\|DEBUG" | tee "$OUT/vllm.txt" | tail -20
+timeout 200 python3 - "$M" <<'EOF' 2>&1 | grep -v "INFO\|DEBUG" | tee "$OUT/vllm.txt" | tail -20
 import json, sys, time, torch, model
 from sandbox import Sandbox
 path = sys.argv[1]
@@ -81,7 +81,7 @@ fi
 # 4. one RL iteration through rl.py, GPU memory polled every 0.2 s
 ENGINE=$([ -n "$HAS_VLLM" ] && echo vllm || echo hf)
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/rl_mem.csv" & POLL=$!
-timeout 240 python3 rl.py --model "$M" --data data/toy_train.jsonl --out out/rl-q15 --engine "$ENGINE" --vllm-gpu-memory 0.3 \
+timeout 200 python3 rl.py --model "$M" --data data/toy_train.jsonl --out out/rl-q15 --engine "$ENGINE" --vllm-gpu-memory 0.3 \
   --group-size 8 --batch-problems 8 --iterations 1 --updates-per-batch 2 --micro-batch 8 --max-new-tokens 512 \
   --max-refills 0 --no-dynamic-sampling --keep-unboxed --keep-failed-episodes --no-step-level --save-every 0 --lr 1e-6 \
   2>&1 | grep -v "INFO\|DEBUG" | tee "$OUT/rl.txt" | tail -8
@@ -99,6 +99,6 @@ EOF
 cp out/rl-q15/log.jsonl "$OUT/rl_log.jsonl" 2>/dev/null
 
 # 5. sampler throughput on the GPU: ours vs HF generate
-timeout 120 python3 bench/sampler_bench.py --device cuda 2>&1 | grep -v shards | tee "$OUT/sampler.txt" | tail -6
+timeout 90 python3 bench/sampler_bench.py --device cuda 2>&1 | grep -v shards | tee "$OUT/sampler.txt" | tail -6
 cat "$OUT/vllm.txt" 2>/dev/null | tail -3 >> "$OUT/summary.txt"
 exit 0

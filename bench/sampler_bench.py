@@ -115,7 +115,8 @@ def rl_iteration(args, engine):
     with tempfile.TemporaryDirectory() as d:
         cmd = [sys.executable, "rl.py", "--model", args.model, "--data", args.data, "--template", "chat", "--engine", engine,
                "--out", os.path.join(d, "rl"), "--group-size", "4", "--batch-problems", "2", "--iterations", "1",
-               "--updates-per-batch", "1", "--max-new-tokens", str(args.new_tokens), "--max-refills", "0", "--save-every", "0"]
+               "--updates-per-batch", "1", "--max-new-tokens", str(args.new_tokens), "--max-refills", "0", "--save-every", "0",
+               "--no-dynamic-sampling", "--keep-unboxed", "--keep-failed-episodes"]  # every rollout is trained on
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rec = json.loads(open(os.path.join(d, "rl", "log.jsonl")).readlines()[-1])
     return rec["s_rollout"], rec["s_tool"], rec["s_update"]
@@ -144,7 +145,7 @@ def real_model(args):
         rows.append(("hf_generate", n_hf / t, 0, 0.0))
         if has_vllm:
             t0 = time.perf_counter()
-            engine = M.VLLM(args.model, seed=0, max_model_len=4096)
+            engine = M.VLLM(args.model, seed=0)
             t_start = time.perf_counter() - t0
             rollout_speed(engine, tok, prompts[:2], sb, 16)
             rows.append(("vllm", *rollout_speed(engine, tok, prompts, sb, args.new_tokens)))
