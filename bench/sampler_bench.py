@@ -8,8 +8,8 @@ model it is timed over its first --naive-tokens tokens only, which flatters it. 
 `speedup_vs_hf_generate: <x>` for the ~100M model.
 
 With --model DIR (a real instruct model, e.g. SmolLM2-135M-Instruct), on GSM8K problems with the chat
-template, greedy, every rollout forced to open a ```python block (the model closes it, the sandbox runs
-it, generation resumes after the output):
+template, greedy, every rollout started with one line of code in a ```python block (the model closes
+it, the sandbox runs it, generation resumes after the output):
   1. tokens/s of our sampler, HF `generate` (which cannot run tools: it just continues) and vLLM
      (skipped where vLLM is not installed), sampled tokens over wall time less the tool seconds;
   2. vLLM's weight-sync routes: streamed `VLLM.sync_weights`, saving the model dir + `reload_weights`
@@ -22,6 +22,7 @@ it, generation resumes after the output):
 """
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -84,7 +85,11 @@ def bench(m, tok, prompts, new_tokens, naive_tokens, device):
 # -----------------------------------------------------------------------------
 # --model DIR: a real model, tool calls in the rollouts, three engines, weight sync, an RL iteration
 
-PREFIX = "Let me compute it with Python.\n```python\n"  # forces a tool call into every rollout
+def tool_prefix(tok, problem):
+    """A response start with one line of code on the problem's first two numbers: the model closes the
+    block, the sandbox runs it (a bare ```python opening was not closed within 64 tokens by SmolLM2)."""
+    a, b = (re.findall(r"\d+", problem) + ["2", "3"])[:2]
+    return tok.encode(f"Let me compute it with Python.\n```python\nprint({a} * {b})\n", add_special_tokens=False)
 
 
 class TimedSandbox:
@@ -98,12 +103,11 @@ class TimedSandbox:
         return out
 
 
-def rollout_speed(engine, tok, prompts, sb, new_tokens):
+def rollout_speed(engine, tok, prompts, prefixes, sb, new_tokens):
     """(tokens/s of sampled tokens over wall time less tool time, tool calls, tool seconds)."""
-    prefix = tok.encode(PREFIX, add_special_tokens=False)
     sb.seconds = 0.0
     t = time.perf_counter()
-    rs = M.rollout(engine, tok, prompts, sb, prefixes=[prefix] * len(prompts), max_new_tokens=new_tokens, temperature=0)
+    rs = M.rollout(engine, tok, prompts, sb, prefixes=prefixes, max_new_tokens=new_tokens, temperature=0)
     wall = time.perf_counter() - t
     return sum(r.generated for r in rs) / (wall - sb.seconds), sum(r.tool_calls for r in rs), sb.seconds
 
@@ -127,15 +131,16 @@ def real_model(args):
     import rewards
     from sandbox import Sandbox
     m, tok = M.load(args.model, device=args.device)
-    prompts = [M.encode_prompt(tok, p["problem"], "chat") for p in rewards.read_problems(args.data)[:args.batch]]
+    problems = [p["problem"] for p in rewards.read_problems(args.data)[:args.batch]]
+    prompts = [M.encode_prompt(tok, p, "chat") for p in problems]
+    prefixes = [tool_prefix(tok, p) for p in problems]
     has_vllm = importlib.util.find_spec("vllm") is not None
     print(f"{args.model}: {len(prompts)} GSM8K problems, greedy, {args.new_tokens} new tokens, a forced tool call each")
     with Sandbox(workers=2) as raw:
         sb = TimedSandbox(raw)
-        rollout_speed(m, tok, prompts[:2], sb, 16)  # warm-up (allocator, kernels, sandbox workers)
-        rows = [("ours", *rollout_speed(m, tok, prompts, sb, args.new_tokens))]
-        prefix = tok.encode(PREFIX, add_special_tokens=False)
-        ids = [p + prefix for p in prompts]
+        rollout_speed(m, tok, prompts[:2], prefixes[:2], sb, 16)  # warm-up (allocator, kernels, sandbox workers)
+        rows = [("ours", *rollout_speed(m, tok, prompts, prefixes, sb, args.new_tokens))]
+        ids = [p + q for p, q in zip(prompts, prefixes)]
         L = max(map(len, ids))
         x = torch.tensor([[tok.pad_token_id] * (L - len(p)) + p for p in ids], device=args.device)
         attn = (torch.arange(L, device=args.device)[None] >= torch.tensor([L - len(p) for p in ids], device=args.device)[:, None]).long()
@@ -147,12 +152,13 @@ def real_model(args):
             t0 = time.perf_counter()
             engine = M.VLLM(args.model, seed=0)
             t_start = time.perf_counter() - t0
-            rollout_speed(engine, tok, prompts[:2], sb, 16)
-            rows.append(("vllm", *rollout_speed(engine, tok, prompts, sb, args.new_tokens)))
+            rollout_speed(engine, tok, prompts[:2], prefixes[:2], sb, 16)
+            rows.append(("vllm", *rollout_speed(engine, tok, prompts, prefixes, sb, args.new_tokens)))
     print(f"{'engine':<12}{'tokens/s':>10}{'vs ours':>9}{'tool calls':>12}{'tool s':>8}")
     for name, tps, calls, tool_s in rows:
         print(f"{name:<12}{tps:>10.1f}{tps / rows[0][1]:>9.2f}{calls:>12}{tool_s:>8.1f}")
     if has_vllm:
+        engine.sync_weights(m.state_dict().items())  # warm-up: the first reload pays one-time costs
         t0 = time.perf_counter()
         n = engine.sync_weights(m.state_dict().items())
         t_stream = time.perf_counter() - t0
