@@ -103,7 +103,7 @@ def parse_args(argv=None):
     p.add_argument("--data", help="training problems JSONL (id, problem, answer); without it the toy world: "
                    "data/toy_train.jsonl and the TOY sizes")
     p.add_argument("--out", default="out/rl", help="output model dir; also holds the checkpoint and log.jsonl")
-    p.add_argument("--template", default="raw", choices=["raw", "chat"], help="prompt convention (model.build_prompt)")
+    p.add_argument("--template", default="raw", choices=["raw", "chat", "thinking"], help="prompt convention (model.build_prompt)")
     # Rollouts
     p.add_argument("--group-size", type=int, default=16, help="G: rollouts per problem and regenerations per prefix (paper: 16)")
     p.add_argument("--max-new-tokens", type=int, default=4096, help="response budget, tokens (paper: 4096 non-reasoning)")

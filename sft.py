@@ -63,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default=TOY_DATA, help="trajectory JSONL (problem fields + response)")
     p.add_argument("--model", default=model.TINY_DIR, help="model dir to start from (out/tiny is built if missing)")
     p.add_argument("--out", default="out/sft", help="output model dir; also holds the checkpoint")
-    p.add_argument("--template", default="raw", choices=["raw", "chat"], help="prompt convention (model.build_prompt)")
+    p.add_argument("--template", default="raw", choices=["raw", "chat", "thinking"], help="prompt convention (model.build_prompt)")
     p.add_argument("--max-len", type=int, default=4096, help="drop records longer than this many tokens (paper: 4096)")
     p.add_argument("--heldout", type=float, default=0.05, help="fraction of the records kept out for the held-out loss")
     # Optimization
