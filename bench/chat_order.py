@@ -26,6 +26,7 @@ from sandbox import Sandbox  # noqa: E402
 
 ORDERS = {"instruction first": lambda p: M.INSTRUCTION + "\n" + p, "problem first": lambda p: p + "\n" + M.INSTRUCTION}
 METRICS = ["accuracy", "code ratio", "call success", "truncated", "boxed"]
+MIN_CALLS = 20  # fewer calls per order than this: call success is not compared (a ratio of 1 or 2 calls)
 
 
 def metrics(rows):
@@ -63,7 +64,11 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/bench/chat_order.jsonl")
+    p.add_argument("--rescore", action="store_true", help="print the table from the answers already in --out")
     args = p.parse_args()
+    if args.rescore:
+        rows = {o: [r for r in map(json.loads, open(args.out)) if r["order"] == o] for o in ORDERS}
+        return report(rows["instruction first"], rows["problem first"], args)
     torch.set_num_threads(args.threads)
     probs = [q for f in ("gsm8k_test.jsonl", "math500.jsonl") for q in rewards.read_problems(os.path.join(args.data_dir, f))[:args.n]]
     m, tok = M.load(args.model)
@@ -85,16 +90,20 @@ def main():
                     rows[order].append(rec)
                     f.write(json.dumps(rec) + "\n")
             print(f"{order}: {len(probs)} answers in {time.time() - t0:.0f} s", flush=True)
-    a, b = rows["instruction first"], rows["problem first"]
+    report(rows["instruction first"], rows["problem first"], args)
+
+
+def report(a, b, args):
     ma, mb, ci = metrics(a), metrics(b), bootstrap(a, b)
-    print(f"\n{args.model}: {len(probs)} problems ({args.n} GSM8K test + {args.n} MATH500), one sample each, "
-          f"T={args.temperature}, seed {args.seed}, {args.max_new_tokens} tokens\n")
-    print(f"| metric (%) | instruction first | problem first | difference [95% CI] |\n|---|---:|---:|---|")
+    calls = [sum(r["calls"] for r in rs) for rs in (a, b)]
+    print(f"\n{args.model}: {len(a)} problems (the first {args.n} of GSM8K test and of MATH500), one sample each, "
+          f"T={args.temperature}, seed {args.seed}, {args.max_new_tokens} tokens; {calls[0]} vs {calls[1]} tool calls\n")
+    print("| metric (%) | instruction first | problem first | difference [95% CI] |\n|---|---:|---:|---|")
     for k in METRICS:
         lo, hi = ci[k]
-        verdict = "n/a" if lo != lo else "within noise" if lo <= 0 <= hi else "excludes 0"
+        verdict = ("too few calls to compare" if k == "call success" and min(calls) < MIN_CALLS else
+                   "n/a" if lo != lo else "within noise" if lo <= 0 <= hi else "excludes 0")
         print(f"| {k} | {ma[k]:.1f} | {mb[k]:.1f} | {mb[k] - ma[k]:+.1f} [{lo:+.1f}, {hi:+.1f}] {verdict} |")
-    print(f"calls: {sum(r['calls'] for r in a)} vs {sum(r['calls'] for r in b)}")
 
 
 if __name__ == "__main__":
