@@ -171,8 +171,7 @@ def rows(args, done, n_kept, n_tora):
     out.append(("sft", int(tokens[1].replace(",", "")), None, None, None,
                 f"{steps[1]} steps, held-out loss {loss[1]} -> {loss[2]}"))
     its = jsonl(j("rl", "log.jsonl"))
-    G, P = 4, SIZES["rl_problems"][args.quick]
-    rollouts = G * P * len(its)  # --max-refills 0: every iteration rolls out P problems x G
+    G, P = 4, SIZES["rl_problems"][args.quick]  # --max-refills 0: every iteration rolls out P problems x G
     calls = sum(r["calls_per_rollout"] * G * P for r in its)
     out.append(("rl", round(sum(r["response_len"] * G * P for r in its)), round(calls),
                 round(sum(r["tool_success"] * r["calls_per_rollout"] * G * P for r in its)),
@@ -191,6 +190,10 @@ def rows(args, done, n_kept, n_tora):
     return out
 
 
+def cell(v, fmt):
+    return "-" if v is None else fmt.format(v)
+
+
 def table(args, done, n_kept, n_tora):
     lines = [f"{os.path.basename(args.model.rstrip('/'))}, {'--quick' if args.quick else 'default sizes'}, "
              f"{args.threads} torch thread(s), seed {args.seed}", "",
@@ -198,8 +201,8 @@ def table(args, done, n_kept, n_tora):
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, tokens, calls, ok, acc, note in rows(args, done, n_kept, n_tora):
         d = done[name]
-        cell = lambda v, fmt: "-" if v is None else fmt.format(v)
-        lines.append(f"| {name} | {d['seconds']:.0f} | {d['peak_mb']:.0f} | {cell(tokens and tokens / d['seconds'], '{:.1f}')} | {cell(calls, '{:d}')} | "
+        speed = None if tokens is None else tokens / d["seconds"]
+        lines.append(f"| {name} | {d['seconds']:.0f} | {d['peak_mb']:.0f} | {cell(speed, '{:.1f}')} | {cell(calls, '{:d}')} | "
                      f"{cell(100 * ok / calls if calls else None, '{:.0f}')} | {cell(acc, '{:.1f}')} | {note} |")
     total = sum(d["seconds"] for d in done.values())
     lines += ["", f"total {total / 60:.1f} min; tokens/s = tokens sampled (rl: rollout tokens, tool output included; sft: "
