@@ -77,6 +77,16 @@ def test_tokenizer_without_pad_token(tiny_dir, tmp_path, sandbox):
     assert [r.response_ids for r in got] == [r.response_ids for r in alone]
 
 
+def test_rollout_progress_moves_while_a_batch_decodes(tiny_dir, sandbox):
+    m, tok = model.load(tiny_dir)
+    calls = []
+    rs = model.rollout(m, tok, [model.encode_prompt(tok, q) for q in ["What is 2+3?", "hi"]], sandbox, n=2,
+                       max_new_tokens=16, temperature=1.0, seed=0, progress=lambda f, t: calls.append((f, t)))
+    assert sum(f for f, _ in calls) == len(rs) == 4  # every answer reported once, when it finishes
+    assert sum(t for _, t in calls) == sum(r.generated for r in rs)
+    assert len(calls) == max(len(r.response_ids) for r in rs) > 1  # at every decoding step, not once per batch
+
+
 @pytest.mark.slow
 def test_infer_reads_integer_and_missing_ids(tiny_dir, tmp_path):
     """An aime-style file (integer ids) and a GSM8K-style one (no ids, `question`, `#### answer`) run through
