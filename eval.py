@@ -80,14 +80,15 @@ def parse_args(argv=None):
     g.add_argument("--out", default=None, help="output folder (default: out/eval/<model or predictions name>)")
     g = p.add_argument_group("generation (paper §7: Avg@4, temperature 0.6, top-p 1.0, 4k / 16k tokens, 10 calls)")
     g.add_argument("--k", type=int, default=4, help="samples per problem (Avg@k, pass@k, maj@k)")
-    g.add_argument("--temperature", type=float, default=0.6, help="sampling temperature")
+    g.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0: greedy)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     g.add_argument("--top-k", type=int, default=0, help="top-k sampling, 0 = off")
     g.add_argument("--reasoning", action="store_true",
-                   help="reasoning (thinking) model: 16384 new tokens and the chat template by default")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="response budget in tokens (default 4096/16384)")
-    g.add_argument("--template", choices=["raw", "chat"], default=None,
-                   help="prompt template (model.build_prompt); default raw, chat with --reasoning")
+                   help="reasoning (thinking) model: 16384 new tokens and the thinking template by default")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="tokens per answer, not per turn: every response "
+                   "token, tool output included (rolled-back attempts are not) (default 4096/16384)")
+    g.add_argument("--template", choices=["raw", "chat", "thinking"], default=None,
+                   help="prompt template (model.build_prompt); default raw, thinking with --reasoning")
     g.add_argument("--max-tool-calls", type=int, default=10, help="code executions per answer, retries included")
     g.add_argument("--tool-timeout", type=float, default=10.0, help="sandbox wall-clock limit per call, seconds")
     g.add_argument("--self-correction", type=int, default=0, metavar="N_corr",
@@ -96,7 +97,7 @@ def parse_args(argv=None):
                    help="L_suf: reasoning tokens dropped before a failed call (500 in the released inference code)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (chunk i uses seed + i)")
     args = p.parse_args(argv)
-    args.template = args.template or ("chat" if args.reasoning else "raw")
+    args.template = args.template or ("thinking" if args.reasoning else "raw")
     return args
 
 # -----------------------------------------------------------------------------
@@ -174,14 +175,20 @@ def generate(args, problems, pred_path):
         engine, tok = model.load(args.model)
     chunks = [(b, [p for tb, p in todo if tb == b]) for b in problems]  # one benchmark per chunk: one budget
     chunks = [(b, ps[i:i + args.batch_size]) for b, ps in chunks for i in range(0, len(ps), args.batch_size)]
-    bar = tqdm(total=len(todo) * args.k, desc="eval", unit="answer")
+    model.build_prompt(tok, "", args.template)  # a template this tokenizer lacks stops here, before the progress bar
+    bar, sampled = tqdm(total=len(todo) * args.k, desc="eval", unit="answer"), [0]
+
+    def progress(finished, tokens):  # called while a batch decodes: answers as they end, tokens as they come
+        sampled[0] += tokens
+        bar.set_postfix_str(f"{sampled[0]:,} tokens", refresh=False)
+        bar.update(finished)
     with Sandbox(workers=2, timeout_s=args.tool_timeout) as sb, open(pred_path, "a", encoding="utf-8") as f:
         for ci, (b, chunk) in enumerate(chunks):
             rollouts = model.rollout(
                 engine, tok, [model.encode_prompt(tok, p["problem"], args.template) for p in chunk], sb,
                 n=args.k, max_new_tokens=token_budget(args, b), temperature=args.temperature, top_p=args.top_p,
                 top_k=args.top_k, seed=args.seed + ci, max_tool_calls=args.max_tool_calls,
-                n_corr=args.self_correction, l_suf=args.l_suf)  # in order: prompt 0 samples 0..k-1, prompt 1 ...
+                n_corr=args.self_correction, l_suf=args.l_suf, progress=progress)  # prompt 0 samples 0..k-1, prompt 1 ...
             preds = [extract_answer(r.text) for r in rollouts]
             correct = grade_many([(pred, chunk[j // args.k]["answer"]) for j, pred in enumerate(preds)])
             for j, r in enumerate(rollouts):
@@ -193,7 +200,6 @@ def generate(args, problems, pred_path):
                            tokens=r.generated, finish=r.finish, model=args.model)
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 f.flush()
-            bar.update(len(rollouts))
     bar.close()
 
 # -----------------------------------------------------------------------------

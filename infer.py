@@ -96,11 +96,12 @@ def main():
     p.add_argument("--data", default="data/toy_test.jsonl", help="problems JSONL")
     p.add_argument("--out", default="out/predictions.jsonl", help="predictions JSONL (appended; resumable)")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="hf = the KV-cached sampler in model.py")
-    p.add_argument("--template", choices=["raw", "chat"], default="raw", help="prompt convention (model.build_prompt)")
+    p.add_argument("--template", choices=["raw", "chat", "thinking"], default="raw", help="prompt convention (model.build_prompt)")
     # Generation
-    p.add_argument("--max-new-tokens", type=int, default=None, help="response budget in tokens (paper: 4096 non-reasoning; toy default: 256)")
-    p.add_argument("--temperature", type=float, default=0.6)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per answer, not per turn: every response token, tool "
+                   "output included (rolled-back attempts are not) (paper: 4096 non-reasoning; toy default: 256)")
+    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     p.add_argument("--max-tool-calls", type=int, default=10, help="executions per response, retries included")
     p.add_argument("--batch", type=int, default=32, help="problems rolled out together")
     p.add_argument("--seed", type=int, default=0)
@@ -125,20 +126,28 @@ def main():
     else:
         engine, tok = M.load(args.model)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    M.build_prompt(tok, "", args.template)  # a template this tokenizer lacks stops here, before the progress bar
     t0 = time.time()
+    bar, sampled = tqdm(total=len(todo) * args.best_of, desc="infer", unit="answer"), [0]
+
+    def progress(finished, tokens):  # called while a batch decodes: answers as they end, tokens as they come
+        sampled[0] += tokens
+        bar.set_postfix_str(f"{sampled[0]:,} tokens", refresh=False)
+        bar.update(finished)
     with Sandbox() as sb, open(args.out, "a") as f:
-        for s in tqdm(range(0, len(todo), args.batch), desc="infer", unit="batch"):
+        for s in range(0, len(todo), args.batch):
             chunk = todo[s:s + args.batch]
             rs = M.rollout(engine, tok, [M.encode_prompt(tok, q["problem"], args.template) for q in chunk], sb,
                            n=args.best_of, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            top_p=args.top_p, seed=args.seed + s, max_tool_calls=args.max_tool_calls,
-                           n_corr=args.n_corr, l_suf=args.l_suf, retry_sees_error=args.retry_sees_error)
+                           n_corr=args.n_corr, l_suf=args.l_suf, retry_sees_error=args.retry_sees_error, progress=progress)
             for i, q in enumerate(chunk):
                 cands = rs[i * args.best_of:(i + 1) * args.best_of]
                 k = best_of_n(cands) if args.best_of > 1 else 0
                 rec = to_record(q, cands[k], args, k)
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
+    bar.close()
     summarize(args.out, time.time() - t0)
 
 

@@ -43,22 +43,42 @@ warnings.filterwarnings("ignore", message=".*past_key_values.*is deprecated")
 TINY_DIR = "out/tiny"
 TOY_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "toy_train.jsonl")
 
-# The paper's two prompt conventions (App. E, Figs. 9-10). "raw" is the non-reasoning template used
-# for base models and for the tiny toy model; "chat" wraps the same instruction in the tokenizer's
-# chat template for instruct / reasoning models. SFT, RL, inference and eval all call build_prompt.
+# The paper's prompt conventions (App. E, Figs. 9-10); SFT, RL, inference and eval all call build_prompt.
+# raw: the non-reasoning template (Fig. 10) exactly, for base models and the tiny toy model. chat: the problem,
+# then the same instruction ("the problem above"), in the tokenizer's chat template (the order: README, "Real
+# models on a CPU"). thinking: the reasoning-model prompt (Fig. 9), as the released inference script sends it.
 INSTRUCTION = ("Please integrate natural language reasoning with programs to solve the problem above, "
                "and put your final answer within \\boxed{}.")
 RAW_TEMPLATE = ("A conversation between User and Assistant. The user asks a question, and the Assistant "
                 "solves it.\nUser: " + INSTRUCTION + "\n{problem}\nAssistant:\n")
+THINKING_TEMPLATE = (
+    "\nYou are a scientist skilled in mathematics and computer science. Please integrate natural language reasoning "
+    "and Python code to solve mathematical problems. You can use Python code during the thinking process for numerical "
+    "calculations, equation solving, hypothesis verification, data processing, and any other steps to assist your "
+    "reasoning. The final answer should be placed within \\boxed{}.\nNote:\n1. Independent Code Blocks: Each of your "
+    "code blocks is independent, can run on its own, does not depend on any previous variables, and imports any "
+    "required libraries independently.\n2. Multiple Code Blocks Supported: You can output multiple code blocks as "
+    "needed to assist different computational steps in the reasoning process.\n3. Careful Thinking: Each piece of code "
+    "should be carefully considered and go beyond simple arithmetic operations such as addition, subtraction, "
+    "multiplication, or division. Each code block should include a `print()` function to display its output.\n\n"
+    "Code Format:\n```python\ncode blocks\n```\n```output\ncode output\n```\n\nQuestion: {problem}\n")
+
+
+def chat_prompt(tok, text):
+    """`text` as the user turn of the tokenizer's chat template, up to where the assistant's answer starts."""
+    if not getattr(tok, "chat_template", None):
+        raise SystemExit(f"{tok.name_or_path}: the tokenizer has no chat template; use --template raw")
+    return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
 
 
 def build_prompt(tok, problem, template="raw"):
     if template == "raw":
         return RAW_TEMPLATE.replace("{problem}", problem)
     if template == "chat":
-        msgs = [{"role": "user", "content": INSTRUCTION + "\n" + problem}]
-        return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    raise ValueError(f"unknown prompt template {template!r} (use raw or chat)")
+        return chat_prompt(tok, problem + "\n" + INSTRUCTION)
+    if template == "thinking":
+        return chat_prompt(tok, THINKING_TEMPLATE.replace("{problem}", problem))
+    raise ValueError(f"unknown prompt template {template!r} (use raw, chat or thinking)")
 
 
 def encode_prompt(tok, problem, template="raw"):
@@ -381,7 +401,7 @@ def kv_cache(model):
 
 
 @torch.no_grad()
-def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed):
+def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress):
     dev = model.device
     gen = torch.Generator(device=dev)
     gen.manual_seed(seed if seed is not None else torch.seed() % 2**63)
@@ -389,7 +409,7 @@ def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed):
     # Prefill each prompt (+ prefix) once, left-padded, then clone its cache for the n samples.
     ctx = [list(p) + list(prefixes[i] if prefixes else []) for i, p in enumerate(prompts)]
     L = max(len(c) for c in ctx)
-    pad = tok.pad_token_id
+    pad = tok.pad_token_id or 0  # padding is masked, so any id will do (some tokenizers have none)
     ids = torch.tensor([[pad] * (L - len(c)) + c for c in ctx], device=dev)
     attn = torch.tensor([[0] * (L - len(c)) + [1] * len(c) for c in ctx], device=dev)
     cache = kv_cache(model)
@@ -408,7 +428,7 @@ def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed):
                 logits[b], rows[i].use_prefill_logits = prefill[i // n], False
         sampled, lps = sample_token(logits, sampling["temperature"], sampling["top_k"], sampling["top_p"], gen)
         sampled, lps = sampled.tolist(), lps.tolist()  # one device->host copy per step, not one per row
-        feed, to_run = [], []
+        feed, to_run, n_sampled = [], [], 0
         for b, i in enumerate(act):
             row = rows[i]
             if row.pending:   # forced token (tool output or a replayed token) instead of a sample
@@ -416,6 +436,7 @@ def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed):
                 forced = 1
             else:
                 t, m, lp, forced = sampled[b], 1, lps[b], 0
+                n_sampled += 1
             code = row.push(t, m, lp)
             _settle(row, forced)
             feed.append(t)
@@ -434,6 +455,8 @@ def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed):
                 action = rows[i].on_result(code, res, format_observation(res))
                 if action:
                     _rollback(rows[i], act.index(i), cols[i], attn, live, *action[1:])
+        if progress:  # for a caller's progress bar: rows that finished and tokens sampled at this step
+            progress(sum(rows[i].done for i in act), n_sampled)
         # Compact the batch when most rows are done: drop their cache rows.
         keep = [b for b, i in enumerate(act) if not rows[i].done]
         if not keep:
@@ -524,13 +547,14 @@ class VLLM:
         return len(sent)
 
 
-def _vllm_rollout(engine, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed):
+def _vllm_rollout(engine, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress):
     from sandbox import format_observation
     rows = [_Row(p, prefixes[i] if prefixes else [], tok, cfg) for i, p in enumerate(prompts) for _ in range(n)]
     for rnd in range(10 ** 6):
         act = [row for row in rows if not row.done]
         if not act:
             break
+        sampled = sum(row.r.generated for row in act)
         params = [dict(temperature=sampling["temperature"], top_p=sampling["top_p"], top_k=sampling["top_k"] or -1,
                        max_tokens=cfg["max_new_tokens"] - (len(row.r.response_ids) - row.r.prefix_len),
                        stop=["```"], include_stop_str_in_output=True, stop_token_ids=sorted(cfg["eos"]), logprobs=0,
@@ -557,6 +581,8 @@ def _vllm_rollout(engine, tok, prompts, sandbox, n, prefixes, cfg, sampling, see
                 row.push(t, m, lp)
             row.pending = []
             row.seg = len(row.r.response_ids)
+        if progress:  # one round: every active row up to its next tool call or its end
+            progress(sum(row.done for row in act), sum(row.r.generated for row in act) - sampled)
     return _finish(rows, tok)
 
 # -----------------------------------------------------------------------------
@@ -565,10 +591,13 @@ def _vllm_rollout(engine, tok, prompts, sandbox, n, prefixes, cfg, sampling, see
 
 def rollout(model, tok, prompts, sandbox=None, *, n=1, max_new_tokens=512, temperature=1.0, top_p=1.0, top_k=0,
             seed=None, max_tool_calls=5, stop_after_call=False, prefixes=None, n_corr=0, l_suf=500,
-            retry_sees_error=False):
+            retry_sees_error=False, progress=None):
     """Tool-integrated rollouts for `prompts` (lists of token ids), `n` samples each, in order
     prompt 0 sample 0..n-1, prompt 1 sample 0..n-1, ... `model` is an HF causal LM (the reference
-    KV-cached sampler) or a `VLLM` engine. Returns a list of `Rollout`."""
+    KV-cached sampler) or a `VLLM` engine. Returns a list of `Rollout`. `max_new_tokens` caps each
+    response: every token after the prompt (and prefix), tool output included. `progress(finished,
+    tokens)`, if given, is called while the batch decodes with the rollouts just finished and the
+    tokens just sampled (the HF sampler: every step; vLLM: after each round)."""
     cfg = dict(eos=eos_ids(model, tok), max_new_tokens=max_new_tokens,
                max_tool_calls=max_tool_calls, stop_after_call=stop_after_call, n_corr=n_corr, l_suf=l_suf,
                retry_sees_error=retry_sees_error)
@@ -577,8 +606,8 @@ def rollout(model, tok, prompts, sandbox=None, *, n=1, max_new_tokens=512, tempe
         from sandbox import Sandbox
         sandbox = Sandbox()
     if isinstance(model, VLLM):
-        return _vllm_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed)
-    return _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed)
+        return _vllm_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress)
+    return _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress)
 
 
 def logprobs(model, ids, attn=None, temperature=1.0):

