@@ -549,7 +549,7 @@ def main(argv=None):
     if RANK == 0:
         plot_curves(log_path, args.plot)
         print0(f"wrote {args.out} and {args.plot}")
-    if owns_group:
+    if owns_group and args.engine == "hf":  # a vLLM engine made its groups inside ours and tears them down at exit
         dist.destroy_process_group()
     return done
 
