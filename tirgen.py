@@ -104,12 +104,32 @@ def make_toy_problems(n, seed, split, digits=4, two_call=0.25):
     return records
 
 
-def write_toy_data(out_dir="data", n_train=2000, n_test=200):
+# The toy world's files: (file, split, problems, seed). toy_test1000 is toy_test grown to 1,000 problems
+# (the same seed, so its first 200 are toy_test's) for the ladder, where 200 give +-3.5 points of noise.
+TOY_FILES = [("toy_train.jsonl", "train", 2000, 1234), ("toy_test.jsonl", "test", 200, 5678),
+             ("toy_test1000.jsonl", "test", 1000, 5678)]
+TOY_SLIP, TOY_WORDED = 0.5, 0.1  # the toy actor's head-arithmetic slips and worded steps (--toy-slip, --toy-words)
+
+
+def toy_cot(problems):
+    """The toy actor's own tool-free trajectories (Algorithm 1 without a critic): the toy base model's
+    chain-of-thought corpus (data/toy_cot.jsonl, T1 of the ladder), head-arithmetic slips included."""
+    actor = toy_actor(TOY_SLIP, TOY_WORDED)
+    for rec in problems:
+        tau = tirgen_one(rec, actor, None, None, 8, random.Random(f"cot/{rec['id']}"))[0]
+        pred = extract_answer(tau)
+        yield {"id": rec["id"], "problem": rec["problem"], "answer": rec["answer"], "response": tau,
+               "correct": pred is not None and is_equiv(pred, rec["answer"])}
+
+
+def write_toy_data(out_dir="data"):
+    """data/toy_{train,test,test1000,cot}.jsonl, byte for byte the same on every run."""
     os.makedirs(out_dir, exist_ok=True)
-    for split, n, seed in [("train", n_train, 1234), ("test", n_test, 5678)]:
-        with open(os.path.join(out_dir, f"toy_{split}.jsonl"), "w") as f:
-            for r in make_toy_problems(n, seed, split):
-                f.write(json.dumps(r) + "\n")
+    files = {name: make_toy_problems(n, seed, split) for name, split, n, seed in TOY_FILES}
+    files["toy_cot.jsonl"] = list(toy_cot(files["toy_train.jsonl"]))
+    for name, records in files.items():
+        with open(os.path.join(out_dir, name), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
 
 
 # -----------------------------------------------------------------------------

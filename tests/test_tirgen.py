@@ -33,10 +33,21 @@ def read_jsonl(path):
         return [json.loads(line) for line in f]
 
 
-def test_toy_data_files_are_byte_identical_to_the_generator():
-    for split, n, seed in [("train", 2000, 1234), ("test", 200, 5678)]:
-        with open(os.path.join(ROOT, "data", f"toy_{split}.jsonl")) as f:
-            assert f.read() == "".join(json.dumps(r) + "\n" for r in tirgen.make_toy_problems(n, seed, split))
+def test_toy_data_files_are_byte_identical_to_the_generator(tmp_path):
+    tirgen.write_toy_data(str(tmp_path))
+    for name in ("toy_train.jsonl", "toy_test.jsonl", "toy_test1000.jsonl", "toy_cot.jsonl"):
+        assert (tmp_path / name).read_bytes() == open(os.path.join(ROOT, "data", name), "rb").read(), name
+    test, test1000 = (read_jsonl(os.path.join(ROOT, "data", n)) for n in ("toy_test.jsonl", "toy_test1000.jsonl"))
+    assert len(test1000) == 1000 and test1000[:200] == test   # the grown test set keeps the 200 problems
+
+
+def test_toy_cot_is_the_actors_own_tool_free_reasoning():
+    train = {r["id"]: r for r in read_jsonl(os.path.join(ROOT, "data", "toy_train.jsonl"))}
+    cot = read_jsonl(os.path.join(ROOT, "data", "toy_cot.jsonl"))
+    assert [r["id"] for r in cot] == list(train) and not any("```" in r["response"] for r in cot)
+    assert all(r["response"].endswith("}.") and "\\boxed{" in r["response"] for r in cot)
+    # head arithmetic only: right about as often as its steps all avoid a slip (--toy-slip 0.5 per step)
+    assert 0.3 < sum(r["correct"] for r in cot) / len(cot) < 0.55
 
 # -----------------------------------------------------------------------------
 # The critic's reply format
