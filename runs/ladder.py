@@ -1,47 +1,56 @@
 """
 runs/ladder.py: the whole THOR pipeline on the embedded toy default, ending in the toy version of
-the paper's Table 3 ablation ladder, mean and spread over several seeds.
+the paper's Table 3 ablation ladder (T1-T6), every step a paired difference with a 95% interval.
 
-    python runs/ladder.py                       # 3 seeds at once: 15 min on 2 CPU cores (+70 s to build out/tiny)
+    python runs/ladder.py                       # 3 seeds at once on 2 CPU cores (see the README for the time)
     python runs/ladder.py --seeds 0 --quick     # tiny sizes, a smoke test of the wiring (pytest runs it)
     python runs/ladder.py --out out/ladder-a001 --rl-args='--nll-alpha 0.01'   # an RL ablation, same seeds
 
 Every stage is its own process and stages pass files, nothing else:
-    model.py build-tiny        -> out/tiny               the tiny base model (once)
+    model.py build-tiny        -> out/tiny               the tiny base model: it can copy, nothing more (once)
+    sft.py on data/toy_cot.jsonl -> out/ladder/cot/      the toy base model: the copy model + the toy actor's
+                                                         own chain-of-thought (once; T1)
     tirgen.py                  -> out/ladder/toy_sft.jsonl   toy actor-critic data + filters (once)
     per seed s, in out/ladder/s<s>/:
-      sft.py                   -> sft/                   T3: TIRGen cold start
+      rl.py --no-tools         -> t2/                    T2: CoT-RL from the base model, no tool execution
+      sft.py                   -> sft/                   T3: TIRGen cold start from the base model
       rl.py --no-step-level    -> t4/                    T4: + episode-level RL
       rl.py                    -> t5/                    T5: + step-level RL (same seed, same budget)
-      infer.py on the held-out toy problems, one predictions file per row and temperature:
-        T1 out/tiny, no tool execution; T3 sft/; T4 t4/; T5 t5/ (no self-correction);
-        T6 t5/ with self-correction (N_corr 4)
+      infer.py on the held-out toy problems (data/toy_test1000.jsonl), one predictions file per row and
+        temperature: T2 t2/ without tool execution; T3 sft/; T4 t4/; T5 t5/ (no self-correction); T6 t5/
+        with self-correction (N_corr 4); and once for all seeds, in out/ladder/: T1 cot/ without tools
       eval.py --predictions    -> <row>@<T>/report.json  accuracy, tool-call success, calls, tokens
-Out: out/ladder/ladder.md (the table), out/ladder/ladder.png (the chart), out/ladder/rows.jsonl (one
-record per seed, row and temperature). A rerun skips the stages whose output exists; --fresh starts over.
-The seeds vary SFT, RL and sampling; the base model and the TIRGen data are shared, like a base
-checkpoint and a dataset in the paper. Two sampling temperatures: the paper's evaluation setting 0.6,
-where few of the tiny model's tool calls fail, and RL's rollout temperature 1.0, where 10-40% fail,
-as real models' calls do; the code-level mechanisms (step-level RL, self-correction) act on failures.
+Out: out/ladder/ladder.md (the tables), out/ladder/ladder.png (the chart), out/ladder/rows.jsonl (one
+record per seed, row and temperature), out/ladder/times.jsonl (every stage's wall time). A rerun skips
+the stages whose output exists; --fresh starts over.
+
+The seeds vary T2-T6's training and all sampling; the base models and the TIRGen data are shared, like
+a base checkpoint and a dataset in the paper. 95% intervals: a paired two-level bootstrap, seeds drawn
+with replacement and then problems with replacement within each drawn seed, the same problems for both
+rows of a difference (so it covers the training-seed spread as well as the test-set noise; with 3 seeds
+the seed level is coarse, so every seed's own difference is listed too). Accuracy is averaged over all
+seed x problem answers; tool-call success is pooled over their calls.
 """
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
-import textwrap
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROWS = [("T1", "tiny model, no tools"), ("T3", "+ TIRGen cold start"), ("T4", "+ episode-level RL"),
-        ("T5", "+ step-level RL"), ("T6", "+ self-correction")]
-METRICS = [("avg@k", "acc", "{:.1f}"), ("tool_success", "tool-call success", "{:.1f}"),
-           ("tool_calls", "calls/answer", "{:.2f}"), ("tokens", "tokens/answer", "{:.0f}")]
-PER_TEMPERATURE = 2  # acc and tool-call success at every temperature; calls and tokens at the first
+ROWS = [("T1", "base model, CoT"), ("T2", "+ CoT-RL, no tools"), ("T3", "+ TIRGen cold start"),
+        ("T4", "+ episode-level RL"), ("T5", "+ step-level RL"), ("T6", "+ self-correction")]
+STEPS = [("T2", "T1", "CoT-RL without tools"), ("T3", "T1", "tools + TIRGen cold start"), ("T4", "T3", "episode-level RL"),
+         ("T5", "T4", "step-level RL"), ("T6", "T5", "self-correction"), ("T5", "T3", "hierarchical RL")]
+B = 2000  # bootstrap resamples
 # --quick: sizes that only check that the stages fit together (seconds per stage).
 QUICK = dict(sft=["--max-steps", "3", "--batch-size", "4"],
              rl=["--iterations", "1", "--group-size", "2", "--batch-problems", "2", "--max-new-tokens", "48",
@@ -50,14 +59,21 @@ QUICK = dict(sft=["--max-steps", "3", "--batch-size", "4"],
 
 
 def run(cmd, log, one_thread=True):
-    """One stage in its own process, output to its log; one CPU thread where seeds run side by side."""
+    """One stage in its own process, output to its log; one CPU thread where stages run side by side.
+    Its wall time and CPU time (its processes' user + system seconds: on a loaded machine the wall time
+    is not the idle one, the CPU time nearly is) go to times.jsonl beside the log."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **({"OMP_NUM_THREADS": "1"} if one_thread else {}))
+    t0 = time.time()
     with open(log, "w") as f:
-        p = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if p.returncode != 0:
+        p = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(p.pid, 0)
+    if status != 0:
         with open(log) as f:
             tail = f.read()[-2000:]
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {p.returncode}); log {log}:\n{tail}")
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {os.waitstatus_to_exitcode(status)}); log {log}:\n{tail}")
+    with open(os.path.join(os.path.dirname(log), "times.jsonl"), "a") as f:
+        f.write(json.dumps({"stage": os.path.basename(log), "seconds": round(time.time() - t0, 1),
+                            "cpu": round(usage.ru_utime + usage.ru_stime, 1)}) + "\n")
 
 
 def head(name, n, out):
@@ -68,85 +84,175 @@ def head(name, n, out):
     return path
 
 
-def seed_chain(s, args, test, sft_data):
-    """All stages of one seed; returns {"<row>@<temperature>": eval report}."""
+def predict(d, row, model, extra, s, args, test):
+    """infer.py + eval.py for one row of the ladder -> {"<row>@<T>": (eval report, [predictions by id])}."""
+    out = {}
+    for t in args.temperatures:
+        name = f"{row}@{t}"
+        preds, rep = os.path.join(d, f"{name}.jsonl"), os.path.join(d, name, "report.json")
+        if not os.path.exists(rep):
+            run(["infer.py", "--model", model, "--data", test, "--out", preds, "--seed", str(s), "--temperature", str(t),
+                 "--max-new-tokens", str(args.max_new_tokens), "--batch", str(args.batch), *extra], os.path.join(d, f"{name}.infer.log"))
+            run(["eval.py", "--predictions", preds, "--benchmarks", "toy", "--out", os.path.join(d, name)],
+                os.path.join(d, f"{name}.eval.log"))
+        with open(rep) as f, open(preds) as g:
+            out[name] = json.load(f)["benchmarks"]["toy"], sorted((json.loads(line) for line in g), key=lambda r: r["id"])
+    return out
+
+
+NO_TOOLS = ["--max-tool-calls", "0", "--n-corr", "0"]  # a code block ends the answer unexecuted (as rl.py --no-tools)
+
+
+def seed_chain(s, args, test, sft_data, cot):
+    """All stages of one seed; returns {"<row>@<temperature>": (eval report, [prediction records])} for T2-T6."""
     d = os.path.join(args.out, f"s{s}")
     os.makedirs(d, exist_ok=True)
     q = QUICK if args.quick else dict(sft=[], rl=[])
     j = lambda *p: os.path.join(d, *p)
-    rl = lambda name, *level: (j(name), ["rl.py", "--model", j("sft"), "--out", j(name), "--seed", str(s), *level,
-                                         "--iterations", str(args.rl_iterations), "--eval-every", "0", *q["rl"], *args.rl_args])
+    rl = lambda name, start, *flags: (j(name), ["rl.py", "--model", start, "--out", j(name), "--seed", str(s), *flags,
+                                                "--iterations", str(args.rl_iterations), "--eval-every", "0", *q["rl"], *args.rl_args])
     stages = [
-        (j("sft"), ["sft.py", "--data", sft_data, "--model", args.tiny, "--out", j("sft"), "--seed", str(s),
+        rl("t2", cot, "--no-tools"),  # T2: RL from the base model with tools off
+        (j("sft"), ["sft.py", "--data", sft_data, "--model", cot, "--out", j("sft"), "--seed", str(s),
                     "--max-steps", str(args.sft_steps), "--eval-n", "0", *q["sft"]]),
-        rl("t4", "--no-step-level"),  # same seed and budget: T4 and T5 differ only in the step level
-        rl("t5"),
+        rl("t4", j("sft"), "--no-step-level"),  # same seed and budget: T4 and T5 differ only in the step level
+        rl("t5", j("sft")),
     ]
     for out, cmd in stages:
         if not os.path.exists(os.path.join(out, "config.json")):
             run(cmd, out + ".log")
     no_sc = ["--n-corr", "0"]  # infer.py corrects by default; only T6 does
-    rows = dict(T1=(args.tiny, ["--max-tool-calls", "0", *no_sc]), T3=(j("sft"), no_sc), T4=(j("t4"), no_sc),
-                T5=(j("t5"), no_sc), T6=(j("t5"), ["--n-corr", "4"]))
-    reports = {}
-    for row, (model, extra) in rows.items():
-        for t in args.temperatures:
-            name = f"{row}@{t}"
-            preds, rep = j(f"{name}.jsonl"), j(name, "report.json")
-            if not os.path.exists(rep):
-                run(["infer.py", "--model", model, "--data", test, "--out", preds, "--seed", str(s), "--temperature", str(t),
-                     "--max-new-tokens", str(args.max_new_tokens), *extra], j(f"{name}.infer.log"))
-                run(["eval.py", "--predictions", preds, "--benchmarks", "toy", "--out", j(name)], j(f"{name}.eval.log"))
-            with open(rep) as f:
-                reports[name] = json.load(f)["benchmarks"]["toy"]
-    return reports
+    rows = dict(T2=(j("t2"), NO_TOOLS), T3=(j("sft"), no_sc), T4=(j("t4"), no_sc), T5=(j("t5"), no_sc), T6=(j("t5"), ["--n-corr", "4"]))
+    return {k: v for row, (model, extra) in rows.items() for k, v in predict(d, row, model, extra, s, args, test).items()}
+
+# -----------------------------------------------------------------------------
+# Paired two-level bootstrap
 
 
-def columns(temps):
-    """(key, header, format, temperature) of every column of the table."""
-    cols = [(k, f"{name} T={t}", fmt, t) for t in temps for k, name, fmt in METRICS[:PER_TEMPERATURE]]
-    return cols + [(k, f"{name} T={temps[0]}", fmt, temps[0]) for k, name, fmt in METRICS[PER_TEMPERATURE:]]
+def per_problem(results, seeds, row, t):
+    """(S, N, 4) array: each seed's answers to the N problems as (correct, calls that ran, calls, 1)."""
+    return np.array([[(bool(p["correct"]), p["tool_calls"] - p["tool_errors"], p["tool_calls"], 1)
+                      for p in results[s][f"{row}@{t}"][1]] for s in seeds], dtype=float)
 
 
-def values(results, seeds, row, key, t):
-    return [results[s][f"{row}@{t}"][key] for s in seeds if results[s][f"{row}@{t}"][key] is not None]
+def stat(x, metric):
+    """x: (..., 4) sums over answers -> accuracy or tool-call success in %."""
+    return 100 * (x[..., 0] / x[..., 3] if metric == "acc" else x[..., 1] / np.maximum(x[..., 2], 1))
 
 
-def table(results, seeds, temps):
-    """Markdown: mean ± half the range over seeds (every seed's numbers are in rows.jsonl)."""
-    cols = columns(temps)
-    lines = [f"Held-out toy problems (one sample each), {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
-             "mean ± half-range; T = sampling temperature.", "",
-             "| stage | " + " | ".join(h for _, h, _, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+def interval(results, seeds, t, metric, row, base=None):
+    """Point value, 95% interval and per-seed values of `row`'s metric, or of row - base, both rows
+    resampled with the same draws."""
+    a = per_problem(results, seeds, row, t)
+    b = per_problem(results, seeds, base, t) if base else None
+    S, N, _ = a.shape
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(0, B, 250):  # resample seeds, then problems within each drawn seed (paired)
+        si, pi = rng.integers(0, S, (250, S, 1)), rng.integers(0, N, (250, S, N))
+        value = stat(a[si, pi].sum((1, 2)), metric)
+        draws.append(value - stat(b[si, pi].sum((1, 2)), metric) if base else value)
+    point = stat(a.sum((0, 1)), metric) - (stat(b.sum((0, 1)), metric) if base else 0)
+    per_seed = stat(a.sum(1), metric) - (stat(b.sum(1), metric) if base else 0)
+    lo, hi = np.percentile(np.concatenate(draws), [2.5, 97.5])
+    return point, lo, hi, per_seed
+
+
+def tables(results, seeds, temps):
+    """Markdown: each row's accuracy and tool-call success with 95% intervals, then each step's paired
+    difference (the interval, and every seed's own difference)."""
+    lines = [f"Held-out toy problems: {len(results[seeds[0]][f'T1@{temps[0]}'][1])} per seed, one sample each; seeds "
+             f"{', '.join(map(str, seeds))}; [95% interval]; T = sampling temperature.", ""]
+    cols = [(m, t) for t in temps for m in ("acc", "tool")]
+    head = {"acc": "accuracy", "tool": "tool-call success"}
+    lines += ["| stage | " + " | ".join(f"{head[m]} T={t}" for m, t in cols) + f" | calls/answer T={temps[0]} | "
+              f"tokens/answer T={temps[0]} |", "|---" * (len(cols) + 3) + "|"]
     for row, name in ROWS:
         cells = []
-        for key, _, fmt, t in cols:
-            xs = values(results, seeds, row, key, t)
-            half = (max(xs) - min(xs)) / 2 if xs else 0
-            cells.append("-" if not xs else fmt.format(statistics.mean(xs)) + (" ± " + fmt.format(half) if len(xs) > 1 else ""))
+        for m, t in cols:
+            if m == "tool" and not per_problem(results, seeds, row, t)[..., 2].sum():
+                cells.append("-")  # no tool calls at all
+                continue
+            v, lo, hi, _ = interval(results, seeds, t, m, row)
+            cells.append(f"{v:.1f} [{lo:.1f}, {hi:.1f}]")
+        reps = [results[s][f"{row}@{temps[0]}"][0] for s in seeds]
+        cells += [f"{np.mean([r['tool_calls'] for r in reps]):.2f}", f"{np.mean([r['tokens'] for r in reps]):.0f}"]
         lines.append(f"| {row} {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences, percentage points: all seeds [95% interval] (seed " + "/".join(map(str, seeds)) + ").", "",
+              "| step | " + " | ".join(f"{head[m]} T={t}" for m, t in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for row, base, name in STEPS:
+        cells = []
+        for m, t in cols:
+            if m == "tool" and "T1" in (row, base):
+                cells.append("-")
+                continue
+            v, lo, hi, ps = interval(results, seeds, t, m, row, base)
+            sig = "**" if lo > 0 or hi < 0 else ""
+            cells.append(f"{sig}{v:+.1f} [{lo:+.1f}, {hi:+.1f}]{sig} ({'/'.join(f'{x:+.1f}' for x in ps)})")
+        lines.append(f"| {row} − {base}, {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Bold: the interval excludes 0."]
+    return "\n".join(lines)
+
+
+ERROR = re.compile(r"```output\n(?:Traceback.*\n)?([A-Za-z_.]*(?:Error|Exception|Exit|Interrupt)|.*[Tt]imed? ?[Oo]ut)")
+
+
+def failures(results, seeds, temps, out):
+    """Where the step level can act (markdown): per tool row, the share of answers with a failed call,
+    how often those are still right against answers whose calls all ran, and the failed calls' error
+    types; per RL run, what its rollouts and step-level groups did (rl.py's log, summed)."""
+    lines = ["| stage | T | answers with a failed call | their accuracy | accuracy, calls all ran | error types of failed calls |",
+             "|---|---|---|---|---|---|"]
+    for row in ("T3", "T4", "T5", "T6"):
+        for t in temps:
+            answers = [p for s in seeds for p in results[s][f"{row}@{t}"][1]]
+            bad = [p for p in answers if p["tool_errors"]]
+            ok = [p for p in answers if p["tool_calls"] and not p["tool_errors"]]
+            kinds = Counter(m.group(1) for p in bad for m in ERROR.finditer(p["response"]))
+            acc = lambda ps: f"{100 * sum(bool(p['correct']) for p in ps) / len(ps):.1f}" if ps else "-"
+            lines.append(f"| {row} | {t} | {100 * len(bad) / len(answers):.1f}% | {acc(bad)} | {acc(ok)} | "
+                         + ", ".join(f"{k} {v}" for k, v in kinds.most_common(4)) + " |")
+    keys = ["failed_rollouts", "groups_with_failure", "step_prefixes", "step_no_code", "step_reward", "step_samples", "episode_samples"]
+    lines += ["", "| RL run | rollouts with a failed call | groups with a failed call | step prefixes | regenerations without code "
+              "| regenerations whose call ran | step samples | episode samples |", "|---" * 8 + "|"]
+    for run_ in ("t4", "t5"):
+        logs = [json.loads(line) for s in seeds for line in open(os.path.join(out, f"s{s}", run_, "log.jsonl"))]
+        tot = {k: sum(r.get(k) or 0 for r in logs) for k in keys}
+        ran = sum((r["step_reward"] or 0) * (r["step_rollouts"] - r["step_no_code"]) for r in logs)
+        lines.append(f"| {run_.upper()} | {100 * tot['failed_rollouts'] / len(logs):.1f}% | {tot['groups_with_failure']} | "
+                     f"{tot['step_prefixes']} | {tot['step_no_code']} | {ran:.0f} | {tot['step_samples']} | {tot['episode_samples']} |")
     return "\n".join(lines)
 
 
 def chart(results, seeds, temps, path):
-    """Accuracy and tool-call success per stage and temperature: bars at the mean, seeds as dots."""
+    """Left: accuracy per stage and temperature (bars, 95% intervals, seeds as dots). Right: each step's
+    paired accuracy difference with its 95% interval."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw=dict(width_ratios=[1.1, 1]))
     width = 0.8 / len(temps)
-    for ax, (key, label) in zip(axes, [("avg@k", "accuracy %"), ("tool_success", "tool-call success %")]):
-        for k, t in enumerate(temps):
-            for i, (row, _) in enumerate(ROWS):
-                xs = values(results, seeds, row, key, t) or [0.0]  # no tool calls at all: an empty bar
-                x = i + (k - (len(temps) - 1) / 2) * width
-                ax.bar(x, statistics.mean(xs), width=width * 0.9, color=f"C{k}", label=f"T={t}" if i == 0 else None)
-                ax.plot([x] * len(xs), xs, "k.", ms=4)
-        ax.set_xticks(range(len(ROWS)), [f"{r}\n" + textwrap.fill(n, 14) for r, n in ROWS], fontsize=7)
-        ax.set_ylim(0, 100)
-        ax.set_title(label, fontsize=9)
-        ax.legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"THOR toy ablation ladder: held-out toy problems, {len(seeds)} seeds (dots)", fontsize=10)
+    for k, t in enumerate(temps):
+        for i, (row, _) in enumerate(ROWS):
+            v, lo, hi, ps = interval(results, seeds, t, "acc", row)
+            x = i + (k - (len(temps) - 1) / 2) * width
+            ax.bar(x, v, width=width * 0.9, color=f"C{k}", label=f"T={t}" if i == 0 else None)
+            ax.errorbar(x, v, [[v - lo], [hi - v]], color="k", capsize=3, lw=1)
+            ax.plot([x] * len(ps), ps, "k.", ms=3)
+        for i, (row, base, name) in enumerate(STEPS):
+            v, lo, hi, _ = interval(results, seeds, t, "acc", row, base)
+            y = i + (k - (len(temps) - 1) / 2) * width
+            bx.errorbar(v, y, xerr=[[v - lo], [hi - v]], fmt="o", color=f"C{k}", capsize=3, label=f"T={t}" if i == 0 else None)
+    ax.set_xticks(range(len(ROWS)), [f"{r}\n{n.replace(', ', chr(10))}" for r, n in ROWS], fontsize=7)
+    ax.set(ylim=(0, 100), title="accuracy % (95% interval; dots: seeds)")
+    ax.legend(fontsize=8, loc="upper left")
+    bx.axvline(0, color="k", lw=0.8)
+    bx.set_yticks(range(len(STEPS)), [f"{r} − {b}\n{n}" for r, b, n in STEPS], fontsize=7)
+    bx.invert_yaxis()
+    bx.set(title="paired accuracy difference, points (95% interval)")
+    bx.legend(fontsize=8)
+    fig.suptitle(f"THOR toy ablation ladder: {len(results[seeds[0]][f'T1@{temps[0]}'][1])} held-out toy problems x "
+                 f"{len(seeds)} seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -156,16 +262,18 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (the issue asks for >= 3)")
     p.add_argument("--jobs", type=int, default=3, help="seeds run at the same time (one CPU thread each)")
     p.add_argument("--out", default="out/ladder")
-    p.add_argument("--tiny", default="out/tiny", help="the base model dir (built if missing)")
-    p.add_argument("--test-n", type=int, default=200, help="held-out toy problems scored per row")
-    p.add_argument("--sft-steps", type=int, default=250, help="cold-start SFT steps")
-    p.add_argument("--rl-iterations", type=int, default=12, help="RL iterations for T4 and for T5")
-    p.add_argument("--rl-args", default="", help="more rl.py flags for T4 and T5, one string: an RL ablation, "
+    p.add_argument("--tiny", default="out/tiny", help="the tiny copy model dir (built if missing)")
+    p.add_argument("--test-n", type=int, default=1000, help="held-out toy problems scored per row (data/toy_test1000.jsonl)")
+    p.add_argument("--sft-steps", type=int, default=250, help="SFT steps of the CoT base model and of each cold start")
+    p.add_argument("--rl-iterations", type=int, default=12, help="RL iterations for T2, T4 and T5")
+    p.add_argument("--rl-args", default="", help="more rl.py flags for T2, T4 and T5, one string: an RL ablation, "
                    "e.g. --out out/ladder-a001 --rl-args='--nll-alpha 0.01'")
-    p.add_argument("--temperatures", default="0.6,1.0", help="sampling temperatures of the inference rows")
+    p.add_argument("--temperatures", default="0.6", help="sampling temperatures of the inference rows, comma-separated "
+                   "(paper: 0.6; RL samples at 1.0)")
     p.add_argument("--max-new-tokens", type=int, default=160, help="response budget at inference (RL's toy budget)")
+    p.add_argument("--batch", type=int, default=100, help="problems per infer.py sampler call")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the wiring, not the method")
-    p.add_argument("--fresh", action="store_true", help="delete --out first (the base model --tiny stays)")
+    p.add_argument("--fresh", action="store_true", help="delete --out first (the copy model --tiny stays)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     args.temperatures = [float(t) for t in args.temperatures.split(",")]
@@ -180,21 +288,34 @@ def main(argv=None):
     if not os.path.exists(os.path.join(args.tiny, "config.json")):
         run(["model.py", "build-tiny", "--out", args.tiny] + (["--pretrain-steps", "0"] if args.quick else []),
             os.path.join(args.out, "tiny.log"), one_thread=False)  # alone on the CPU: 70 s, not 2.3 min
-    train, test = head("toy_train.jsonl", 64 if args.quick else None, args.out), head("toy_test.jsonl", args.test_n, args.out)
-    sft_data = os.path.join(args.out, "toy_sft.jsonl")
+    n_train = 64 if args.quick else None
+    train, cot_data = head("toy_train.jsonl", n_train, args.out), head("toy_cot.jsonl", n_train, args.out)
+    test = head("toy_test1000.jsonl", args.test_n, args.out)
+    sft_data, cot = os.path.join(args.out, "toy_sft.jsonl"), os.path.join(args.out, "cot")
+    shared = []  # the TIRGen data and the CoT base model, side by side
     if not os.path.exists(sft_data):
-        run(["tirgen.py", "--data", train, "--trajectories", os.path.join(args.out, "toy_trajectories.jsonl"),
-             "--out", sft_data], os.path.join(args.out, "tirgen.log"))
-    print(f"base {args.tiny}, data {sft_data}; seeds {seeds}, {args.jobs} at a time; logs in {args.out}/s<seed>/")
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = dict(zip(seeds, pool.map(lambda s: seed_chain(s, args, test, sft_data), seeds)))
+        shared.append((["tirgen.py", "--data", train, "--trajectories", os.path.join(args.out, "toy_trajectories.jsonl"),
+                        "--out", sft_data], os.path.join(args.out, "tirgen.log")))
+    if not os.path.exists(os.path.join(cot, "config.json")):
+        shared.append((["sft.py", "--data", cot_data, "--model", args.tiny, "--out", cot, "--seed", "0",
+                        "--max-steps", str(args.sft_steps), "--eval-n", "0", *(QUICK["sft"] if args.quick else [])],
+                       cot + ".log"))
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda c: run(*c), shared))
+    print(f"base {cot}, data {sft_data}; seeds {seeds}, {args.jobs} at a time; logs in {args.out}/s<seed>/")
+    with ThreadPoolExecutor(args.jobs) as pool:  # T1 is one model: sampled once (seed 0), shared by the seeds
+        t1 = pool.submit(predict, args.out, "T1", cot, NO_TOOLS, 0, args, test)
+        results = dict(zip(seeds, pool.map(lambda s: seed_chain(s, args, test, sft_data, cot), seeds)))
+    for s in seeds:
+        results[s].update(t1.result())
     with open(os.path.join(args.out, "rows.jsonl"), "w") as f:
         for s in seeds:
             for row, _ in ROWS:
                 for t in args.temperatures:
-                    rep = results[s][f"{row}@{t}"]
-                    f.write(json.dumps(dict(seed=s, row=row, temperature=t, **{k: rep[k] for k, _, _ in METRICS})) + "\n")
-    md = table(results, seeds, args.temperatures)
+                    rep = results[s][f"{row}@{t}"][0]
+                    f.write(json.dumps(dict(seed=s, row=row, temperature=t, **{k: rep[k] for k in
+                                                                              ("avg@k", "tool_success", "tool_calls", "tokens")})) + "\n")
+    md = tables(results, seeds, args.temperatures) + "\n\n" + failures(results, seeds, args.temperatures, args.out)
     with open(os.path.join(args.out, "ladder.md"), "w") as f:
         f.write(md + "\n")
     chart(results, seeds, args.temperatures, os.path.join(args.out, "ladder.png"))

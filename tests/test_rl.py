@@ -119,6 +119,105 @@ def test_step_prefix_from_a_real_rollout(tiny_dir, sandbox):
         assert s.mask == [0] * (len(r.prompt_ids) + cut) + [1] * (len(s.ids) - len(r.prompt_ids) - cut)
 
 # -----------------------------------------------------------------------------
+# collect(): the step-level groups, on scripted policies
+
+
+class BranchLM(ScriptedLM):
+    """A ScriptedLM whose policy returns a list of intended responses: the next token is drawn
+    uniformly among those that continue them, so the rows of one group part where the scripts do.
+    `regen` is True while collect() regenerates from step-level prefixes."""
+    regen = False
+
+    def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True, logits_to_keep=0):
+        kv = input_ids[:, None, :, None].float()
+        keys, _ = past_key_values.update(kv, kv, 0)
+        ids, live = keys[:, 0, :, 0].long(), attention_mask.bool()
+        logits = torch.zeros(input_ids.size(0), 1, len(self.tok))
+        for b in range(ids.size(0)):
+            prompt, _, response = self.tok.decode(ids[b][live[b]].tolist()).partition("Assistant:\n")
+            nxt = {self.tok.encode(t[len(response):], add_special_tokens=False)[0]
+                   for t in self.policy(prompt, response, self.regen) if t.startswith(response) and len(t) > len(response)}
+            logits[b, 0, list(nxt or {self.tok.eos_token_id})] = 30.0
+        return type("Out", (), {"logits": logits})()
+
+
+def collect(lm, tok, sandbox, problems, monkeypatch, *flags):
+    """rl.collect on problems (texts, answer 7) with the toy-sized args + flags; flags lm.regen on the second rollout."""
+    real = rl.model.rollout
+
+    def rollout(*a, **kw):
+        lm.regen = kw.get("prefixes") is not None
+        return real(*a, **kw)
+    monkeypatch.setattr(rl.model, "rollout", rollout)
+    args = rl.parse_args(["--data", "unused", "--group-size", "4", "--max-new-tokens", "120", "--l-suf", "3", *flags])
+    return rl.collect(lm, tok, sandbox, [{"problem": p, "answer": "7"} for p in problems], 0, args)
+
+
+def code_of(tok, s):
+    """The text a step sample's policy wrote (its mask-1 tokens)."""
+    return tok.decode([t for t, m in zip(s.ids, s.mask) if m])
+
+
+def test_each_step_prefix_gets_its_own_budget(tiny_dir, sandbox, monkeypatch):
+    """A late failing call must not starve an early one's regenerations (they used to share
+    max_new_tokens - max(cuts): 120 - 94 tokens, too few for the early block's 52)."""
+    _, tok = model.load(tiny_dir)
+    early = "Divide.\n```python\nx = [1, 2, 3, 4, 5, 6, 7, 8, 9]\nprint(sum(x) / 0)\n```"
+    late = "Let me think about this. " * 6 + "Divide.\n```python\nprint(1/0)\n```"
+    lm = BranchLM(tok, lambda prompt, response, regen: [early if "early" in prompt else late])
+    samples, st = collect(lm, tok, sandbox, ["early", "late"], monkeypatch, "--no-episode-level", "--no-dynamic-sampling")
+    assert st["prefixes"] == 2 and st["step_rollouts"] == 8
+    assert len(samples) == 8 and st["step_no_code"] == 0     # every regeneration wrote its block
+    assert sum("sum(x) / 0" in code_of(tok, s) for s in samples) == 4
+
+
+def test_regenerations_without_code_leave_the_step_group(tiny_dir, sandbox, monkeypatch):
+    """A step sample is (r_suf, a_t): a regeneration that answers instead of writing code is dropped
+    and counted, and the group is normalised over the regenerations that wrote code."""
+    _, tok = model.load(tiny_dir)
+    start = "Compute it now.\n"
+    fail, fixed, answer = start + "```python\nprint(7/0)\n```", start + "```python\nprint(7)\n```", start + "\\boxed{7}"
+    lm = BranchLM(tok, lambda prompt, response, regen: [fail, fixed, answer] if regen else [fail])
+    samples, st = collect(lm, tok, sandbox, ["q"], monkeypatch, "--no-episode-level", "--group-size", "16")
+    assert samples and all("```python" in code_of(tok, s) for s in samples)
+    assert [s.adv for s in samples] == pytest.approx(rl.group_advantages([s.reward for s in samples]))
+    assert {s.reward for s in samples} == {0.0, 1.0}
+    assert st["prefixes"] == 1 and st["step_rollouts"] == 16 and st["step_no_code"] == 16 - len(samples) > 0
+
+
+def test_a_group_without_failed_calls_still_gets_a_step_prefix(tiny_dir, sandbox, monkeypatch):
+    """The release regenerates a random code step when nothing failed; --only-failed-steps turns it off."""
+    _, tok = model.load(tiny_dir)
+    ok = "Compute it now.\n```python\nprint(7)\n```"
+    lm = BranchLM(tok, lambda prompt, response, regen: [ok, "Compute it now.\n```python\nprint(7/0)\n```"] if regen
+                  else [ok + "\n```output\n7\n```\n\\boxed{7}"])
+    samples, st = collect(lm, tok, sandbox, ["q"], monkeypatch, "--no-episode-level")
+    assert st["prefixes"] == 1 and st["step_rollouts"] == 4 and st["step_groups_kept"] == 1
+    for s in samples:   # regenerated from r_t^pre: the last L_suf tokens of r_t and the block
+        text = code_of(tok, s)
+        assert text.index("```python") > 0 and (ok.endswith(text) or ok.replace("7)", "7/0)").endswith(text))
+    samples, st = collect(lm, tok, sandbox, ["q"], monkeypatch, "--no-episode-level", "--only-failed-steps")
+    assert st["prefixes"] == 0 and samples == []
+
+
+
+class NoSandbox:
+    def run_many(self, codes):
+        raise AssertionError("--no-tools ran code")
+
+
+def test_no_tools_ends_a_code_block_unexecuted_with_reward_0(tiny_dir, monkeypatch):
+    _, tok = model.load(tiny_dir)
+    code, cot = "Compute.\n```python\nprint(7)\n```\n\\boxed{7}", "In my head: \\boxed{7}"
+    lm = BranchLM(tok, lambda prompt, response, regen: [code, cot])
+    samples, st = collect(lm, tok, NoSandbox(), ["q"], monkeypatch, "--no-tools", "--group-size", "8")
+    assert st["calls"] == 0 and st["prefixes"] == 0                 # nothing ran, so no step level
+    texts = [code_of(tok, s) for s in samples]
+    assert len(samples) == 8 and {t.endswith("```") for t in texts} == {True, False}
+    for s, t in zip(samples, texts):   # the block ends the rollout: reward 0 (not dropped as unboxed)
+        assert (s.reward, s.adv > 0) == ((0.0, False) if t.endswith("```") else (1.0, True))
+
+# -----------------------------------------------------------------------------
 # Loss masks: no gradient from forced tokens
 
 

@@ -33,10 +33,21 @@ def read_jsonl(path):
         return [json.loads(line) for line in f]
 
 
-def test_toy_data_files_are_byte_identical_to_the_generator():
-    for split, n, seed in [("train", 2000, 1234), ("test", 200, 5678)]:
-        with open(os.path.join(ROOT, "data", f"toy_{split}.jsonl")) as f:
-            assert f.read() == "".join(json.dumps(r) + "\n" for r in tirgen.make_toy_problems(n, seed, split))
+def test_toy_data_files_are_byte_identical_to_the_generator(tmp_path):
+    tirgen.write_toy_data(str(tmp_path))
+    for name in ("toy_train.jsonl", "toy_test.jsonl", "toy_test1000.jsonl", "toy_cot.jsonl"):
+        assert (tmp_path / name).read_bytes() == open(os.path.join(ROOT, "data", name), "rb").read(), name
+    test, test1000 = (read_jsonl(os.path.join(ROOT, "data", n)) for n in ("toy_test.jsonl", "toy_test1000.jsonl"))
+    assert len(test1000) == 1000 and test1000[:200] == test   # the grown test set keeps the 200 problems
+
+
+def test_toy_cot_is_the_actors_own_tool_free_reasoning():
+    train = {r["id"]: r for r in read_jsonl(os.path.join(ROOT, "data", "toy_train.jsonl"))}
+    cot = read_jsonl(os.path.join(ROOT, "data", "toy_cot.jsonl"))
+    assert [r["id"] for r in cot] == list(train) and not any("```" in r["response"] for r in cot)
+    assert all(r["response"].endswith("}.") and "\\boxed{" in r["response"] for r in cot)
+    # head arithmetic only: right about as often as its steps all avoid a slip (--toy-slip 0.5 per step)
+    assert 0.3 < sum(r["correct"] for r in cot) / len(cot) < 0.55
 
 # -----------------------------------------------------------------------------
 # The critic's reply format
@@ -70,23 +81,45 @@ def test_critic_prompt_has_one_shot_example_and_only_the_step():
 # The toy agents
 
 
+def idioms(kind, nums):
+    """The toy critic's code idioms for a computation, formatted with its numbers."""
+    pat = {"mul": r"\d+(?: \* \d+)+", "add": r"\d+(?: \+ \d+)+", "mod": r"\d+ % \d+", "eq": r"\(\d+ - \d+\) / \d+"}[kind]
+    tpls = next(t for p, t in tirgen.TOY_CODE if p == pat)
+    return {t.format(*nums, nums=", ".join(map(str, nums))) for t in tpls}
+
+
 def test_toy_critic_keeps_the_logic_and_writes_library_code(sandbox):
     critic, rng = tirgen.toy_critic(bug=0.0), random.Random(0)
-    assert tirgen.parse_critic(critic("The total is 4821 * 937 = 4517377.\n", rng)) == (
-        "The total is 4821 * 937.", "import math\nprint(math.prod([4821, 937]))")
+    seen = set()
+    for _ in range(30):  # one idiom per step, drawn at random: all of them turn up
+        r_logic, code = tirgen.parse_critic(critic("The total is 4821 * 937 = 4517377.\n", rng))
+        assert r_logic == "The total is 4821 * 937." and code in idioms("mul", [4821, 937])
+        seen.add(code)
+    assert seen == idioms("mul", [4821, 937])
     assert critic("So the answer is \\boxed{5}.", rng) == "no code"
     assert critic("The total is 4821 times 937, which is 4517377.\n", rng) == "no code"
-    buggy = tirgen.parse_critic(tirgen.toy_critic(bug=1.0)("The remainder is 100 % 7 = 2.\n", rng))
-    assert buggy == ("The remainder is 100 % 7.", "print(sympy.Mod(100, 7))")
-    # every kind's step becomes code whose real output is the true value
+    for _ in range(5):  # a forgotten import is a NameError, as in real critics' code
+        buggy = tirgen.parse_critic(tirgen.toy_critic(bug=1.0)("The remainder is 100 % 7 = 2.\n", rng))
+        assert buggy[0] == "The remainder is 100 % 7." and "NameError" in sandbox.run(buggy[1]).error
+    # every idiom of every kind's step is code whose real output is the true value
     actor = tirgen.toy_actor(slip=0.0, words=0.0)
     for rec in toy_problems(40):
         if rec["kind"] != "mulmod":
             step, _ = actor(rec, "", rng)
             r_logic, code = tirgen.parse_critic(critic(step, rng))
-            res = sandbox.run(code)
-            assert res.ok and res.stdout.strip() == rec["answer"], (step, code, res)
-            assert not tirgen.trivial(code) and "=" not in r_logic
+            assert "=" not in r_logic
+            for code in idioms(rec["kind"], re.findall(r"\d+", step.split("=")[0])):
+                res = sandbox.run(code)
+                assert res.ok and res.stdout.strip() == rec["answer"], (step, code, res)
+                assert not tirgen.trivial(code)
+
+
+def test_mixing_the_critics_idioms_fails_the_way_real_tir_code_does(sandbox):
+    """What a policy that learned the idioms imperfectly writes: each mix-up is a real-world error."""
+    for code, error in [("import numpy as np\nprint(numpy.sum([1, 2]))", "NameError"),   # the other import
+                        ("import math\nprint(math.prod(3, 4))", "TypeError"),            # the other argument shape
+                        ("from sympy import solve\nprint(solve(2*x + 1 - 7, x)[0])", "NameError")]:  # no symbol
+        assert error in sandbox.run(code).error
 
 
 def test_toy_actor_is_sometimes_wrong_in_its_head():
@@ -104,8 +137,8 @@ def test_toy_trajectory_is_the_design_format(sandbox):
     rec = {"id": "t", "problem": "p", "answer": "4517277", "kind": "mul", "args": [4821, 937]}
     tau, calls, errors, finish = tirgen.tirgen_one(rec, tirgen.toy_actor(1.0, 0.0), tirgen.toy_critic(0.0), sandbox, 8,
                                                    random.Random(0))
-    assert tau == ("The total is 4821 * 937.\n```python\nimport math\nprint(math.prod([4821, 937]))\n```"
-                   "\n```output\n4517277\n```\nSo the answer is \\boxed{4517277}.")
+    assert tau in {f"The total is 4821 * 937.\n```python\n{code}\n```\n```output\n4517277\n```\nSo the answer is \\boxed{{4517277}}."
+                   for code in idioms("mul", [4821, 937])}
     assert (calls, errors, finish) == (1, 0, "boxed")
 
 
@@ -115,7 +148,7 @@ def test_two_call_problem_chains_the_real_output(sandbox):
     tau, calls, _, finish = tirgen.tirgen_one(rec, tirgen.toy_actor(1.0, 0.0), tirgen.toy_critic(0.0), sandbox, 8,
                                               random.Random(0))
     assert calls == 2 and finish == "boxed"
-    assert "The remainder is 42398 % 41.\n```python\nimport sympy\nprint(sympy.Mod(42398, 41))\n```" in tau
+    assert any(f"The remainder is 42398 % 41.\n```python\n{code}\n```" in tau for code in idioms("mod", [42398, 41]))
     assert tau.endswith(f"\\boxed{{{rec['answer']}}}.")
 
 
