@@ -11,13 +11,20 @@ token / KV-cache operation and eval.py needs it too; this script exposes it:
   goes on. By default the retry does NOT see the error message: the paper regenerates "conditioned
   on the history up to r_t^pre", which holds no error text, and the released code drops it too
   (--retry-sees-error shows the failed block and its error as forced context instead).
-Best-of-N (--best-of N): sample N candidates and keep the one with the highest code-execution pass
-rate (successful calls / calls; a candidate without calls scores 0). The paper leaves the tie-break
-open; ours: among tied candidates, the answer most of them agree on, then the earliest sample.
+Best-of-N (--best-of N, paper §3.3): sample N candidates and keep the one with the highest code-execution
+pass rate = successful executions / executions, rolled-back attempts included (each follows a failed
+execution, so executions = kept calls + corrections; the release counts kept calls only, which lets
+self-correction hide failures). A candidate without an answer never beats one with an answer. A candidate
+without any execution scores 1.0, as in the release (nothing failed; a 0 would make an answer reasoned
+out without code lose to any whose code ran). The paper leaves the tie-break open; ours: among tied
+candidates, the answer most of them agree on, then the earliest sample.
 
 Records are DESIGN.md trajectories plus `corrections`, `tokens` (tokens sampled, rolled-back
-attempts included, as the paper's Table 5 counts them) and, with --keep-attempts, `attempts`.
-The file is appended and flushed per record; a rerun skips the ids already written.
+attempts included, as the paper's Table 5 counts them) and, with --keep-attempts, `attempts`. With
+--retry-sees-error the failed attempts stay in the text, so `tool_calls` and `tool_errors` count them.
+The file is appended and flushed per record; a rerun skips the ids already written (a torn last line
+is cut off first). Problems are rolled out in fixed chunks of --batch in file order, a chunk seeded with
+--seed + the position of its first problem, so a resumed run writes what an uninterrupted one would.
 
   python infer.py                                    # toy test set, out/rl (or out/sft, out/tiny)
   python infer.py --model DIR --data problems.jsonl --out preds.jsonl --template chat
@@ -43,8 +50,8 @@ from sandbox import Sandbox
 def done_ids(path):
     if not os.path.exists(path):
         return set()
-    with open(path) as f:
-        return {json.loads(line)["id"] for line in f if line.strip()}
+    rewards.repair_jsonl(path)  # a run killed mid-write leaves a torn last line
+    return {str(r.get("id")) for _, r in rewards.read_jsonl(path)}
 
 
 def default_model():
@@ -58,15 +65,19 @@ def default_model():
 
 
 def pass_rate(r):
-    return sum(c.ok for c in r.calls) / len(r.calls) if r.calls else 0.0
+    """Successful executions / executions; every rollback (r.corrections) followed a failed execution."""
+    executions = len(r.calls) + r.corrections
+    return sum(c.ok for c in r.calls) / executions if executions else 1.0  # no execution: as the release
 
 
 def best_of_n(cands):
-    """Index of the candidate with the highest code-execution pass rate; ties go to the answer most
-    tied candidates agree on (a self-consistency vote), then to the earliest sample."""
-    top = max(pass_rate(r) for r in cands)
-    tied = [i for i, r in enumerate(cands) if pass_rate(r) == top]
-    preds = {i: rewards.extract_answer(cands[i].text) for i in tied}
+    """Index of the candidate with the highest code-execution pass rate among those with an answer
+    (all, if none has one); ties go to the answer most tied candidates agree on (a self-consistency
+    vote), then to the earliest sample."""
+    preds = [rewards.extract_answer(r.text) for r in cands]
+    pool = [i for i, p in enumerate(preds) if p is not None] or list(range(len(cands)))
+    top = max(pass_rate(cands[i]) for i in pool)
+    tied = [i for i in pool if pass_rate(cands[i]) == top]
     votes = Counter()
     for i in tied:  # group equivalent answers, not just equal strings
         key = next((j for j in votes if preds[j] is not None and rewards.is_equiv(preds[i], preds[j])), i)
@@ -78,9 +89,10 @@ def best_of_n(cands):
 def to_record(prob, r, args, sample):
     pred = rewards.extract_answer(r.text)
     gold = prob.get("answer")
+    shown = r.corrections if args.retry_sees_error else 0  # failed attempts left in the text (forced context)
     rec = dict(prob, response=r.text, pred=pred,
                correct=None if gold is None else (pred is not None and rewards.is_equiv(pred, str(gold))),
-               tool_calls=r.tool_calls, tool_errors=r.tool_errors, corrections=r.corrections,
+               tool_calls=r.tool_calls + shown, tool_errors=r.tool_errors + shown, corrections=r.corrections,
                tokens=r.generated, finish=r.finish, model=args.model, sample=sample)
     if args.keep_attempts:
         rec["attempts"] = r.attempts
@@ -128,20 +140,25 @@ def main():
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     M.build_prompt(tok, "", args.template)  # a template this tokenizer lacks stops here, before the progress bar
     t0 = time.time()
-    bar, sampled = tqdm(total=len(todo) * args.best_of, desc="infer", unit="answer"), [0]
+    # Fixed chunks of the file, each seeded by its position: a chunk that a killed run left half written
+    # is sampled again whole (the same samples), and only its missing records are written.
+    chunks = [(s, problems[s:s + args.batch]) for s in range(0, len(problems), args.batch)]
+    chunks = [(s, chunk) for s, chunk in chunks if any(q["id"] not in seen for q in chunk)]
+    bar, sampled = tqdm(total=sum(len(c) for _, c in chunks) * args.best_of, desc="infer", unit="answer"), [0]
 
     def progress(finished, tokens):  # called while a batch decodes: answers as they end, tokens as they come
         sampled[0] += tokens
         bar.set_postfix_str(f"{sampled[0]:,} tokens", refresh=False)
         bar.update(finished)
     with Sandbox() as sb, open(args.out, "a") as f:
-        for s in range(0, len(todo), args.batch):
-            chunk = todo[s:s + args.batch]
+        for s, chunk in chunks:
             rs = M.rollout(engine, tok, [M.encode_prompt(tok, q["problem"], args.template) for q in chunk], sb,
                            n=args.best_of, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            top_p=args.top_p, seed=args.seed + s, max_tool_calls=args.max_tool_calls,
                            n_corr=args.n_corr, l_suf=args.l_suf, retry_sees_error=args.retry_sees_error, progress=progress)
             for i, q in enumerate(chunk):
+                if q["id"] in seen:
+                    continue
                 cands = rs[i * args.best_of:(i + 1) * args.best_of]
                 k = best_of_n(cands) if args.best_of > 1 else 0
                 rec = to_record(q, cands[k], args, k)
@@ -152,7 +169,7 @@ def main():
 
 
 def summarize(path, seconds):
-    recs = [json.loads(line) for line in open(path) if line.strip()]
+    recs = [r for _, r in rewards.read_jsonl(path)]
     n = len(recs)
     graded = [r["correct"] for r in recs if r.get("correct") is not None]
     calls = sum(r["tool_calls"] for r in recs)

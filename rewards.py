@@ -34,9 +34,12 @@ are not re-rounded: 1.2968 != 1.3 (Minerva asks for the stated precision). math-
 both to 6 decimal places) would call 3.61e-10 and 3.6e-10 equal, so it is replaced in the grader.
 """
 
+import ast
+import base64
 import functools
 import json
 import os
+import pickle
 import re
 import select
 import subprocess
@@ -466,6 +469,224 @@ def step_reward(exec_result):
 
 
 # -----------------------------------------------------------------------------
+# Code answers (HumanEval, HumanEval+, MBPP+): the twins of extract_answer and is_equiv for code tasks.
+# The rule is EvalPlus's (evalplus 0.3.1, written out here, not imported): a solution passes when, on
+# every test input, its output equals the reference solution's (canonical_solution) output, up to `atol`
+# for floats, with a few special oracles; "base" uses base_input (HumanEval's or MBPP's own tests),
+# "plus" base_input and plus_input. A task without inputs (plain HumanEval) runs its `check` instead.
+
+CODE_BLOCK = re.compile(r"```python[^\n]*\n(.*?)```", re.S)
+CHECK_TIMEOUT_S = 300.0  # sandbox backstop per (task, solution) cell; the per-input limits below act first
+CHECK_MEMORY_MB = 4096   # evalplus's memory limit; Mbpp/255's largest input needs over 2 GB
+_KEEP = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
+
+
+def extract_code(text, entry_point):
+    """The final solution of a code task: the last ```python block that parses and defines the
+    function `entry_point` at top level, keeping its imports, definitions and assignments only (the
+    test calls and prints the model ran while reasoning are dropped, as evalplus's sanitizer does).
+    None if no block defines it."""
+    for block in reversed(CODE_BLOCK.findall(text if isinstance(text, str) else "")):
+        try:
+            body = ast.parse(block).body
+        except (SyntaxError, ValueError):
+            continue
+        if any(isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)) and s.name == entry_point for s in body):
+            lines = block.splitlines()
+            return "\n".join("\n".join(lines[min([s.lineno] + [d.lineno for d in getattr(s, "decorator_list", [])]) - 1:
+                                             s.end_lineno]) for s in body if isinstance(s, _KEEP)) + "\n"
+    return None
+
+
+def _deep_tuple(x):
+    return tuple(map(_deep_tuple, x)) if isinstance(x, list) else x
+
+
+# MBPP+ stores its inputs as JSON, which has no tuples, sets or complex numbers. Task number -> how
+# one input's argument list is restored (evalplus's mbpp_deserialize_inputs, for the tasks of v0.2.0).
+_MBPP_ARGS = {
+    **dict.fromkeys([2, 116, 132, 222, 261, 273, 394, 421, 424, 429, 470, 560, 579, 596, 616, 630, 726, 740, 744,
+                     809], lambda a: [tuple(x) for x in a]),
+    **dict.fromkeys([63, 64, 70, 94, 120, 237, 272, 299, 409, 473, 614, 780],
+                    lambda a: [[tuple(y) for y in x] for x in a]),
+    **dict.fromkeys([75, 413, 753], lambda a: [[tuple(y) for y in a[0]], a[1]]),
+    **dict.fromkeys([106, 750], lambda a: [a[0], tuple(a[1])]),
+    **dict.fromkeys([250, 405, 446, 720, 763, 808], lambda a: [tuple(a[0]), a[1]]),
+    **dict.fromkeys([259, 445], lambda a: [tuple(tuple(y) for y in x) for x in a]),
+    **dict.fromkeys([580, 615, 791], _deep_tuple),
+    124: lambda a: [float(a[0]), complex(a[1])],
+    252: lambda a: [complex(a[0])],
+    278: lambda a: [tuple(tuple(x) if isinstance(x, list) else x for x in a[0])],
+    722: lambda a: [{k: tuple(v) for k, v in a[0].items()}, *a[1:]],
+}
+# Special oracles, by entry point (evalplus/eval/_special_oracle.py): MBPP+ tasks whose outputs are
+# compared as sets, or only as "not None" (their reference outputs are not serialisable), and two
+# whose reference is one of several right answers.
+_ORACLES = {**dict.fromkeys(["similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly",
+                             "larg_nnum", "find_dissimilar", "Diff"], "set"),
+            **dict.fromkeys(["check_str", "text_match_three", "text_starta_endb"], "not_none"),
+            "surface_Area": "pyramid", "digit_distance_nums": "digits"}
+
+
+def _test_inputs(task, key):
+    inputs = task.get(key) or []  # Mbpp/793's plus_input is {}: no extra inputs
+    convert = _MBPP_ARGS.get(int(task["id"].split("/")[-1])) if task["id"].startswith("Mbpp/") else None
+    return [convert(a) for a in inputs] if convert else inputs
+
+
+# The program of one sandbox cell: it runs the reference and the candidate on each input in turn, the
+# candidate under the per-input time limit max(1 s, 4 x the reference's time) (evalplus 0.3.1's
+# defaults) and at most 61 s per phase in all (evalplus: min(60, sum of the limits) + 1), both with
+# their prints swallowed, and stops at the first failure. Times are the cell's CPU time, where evalplus
+# measures wall time: on a loaded machine a correct solution ran 4x slower than its reference by the
+# wall clock (a wall limit of 10x still catches code that sleeps). It ends by writing one verdict line that
+# starts with a random nonce, so that a solution which prints or exits early cannot pass. This guards
+# against mistakes, not against code written to fool the checker (it runs in the same process).
+_HARNESS = r'''
+import base64, copy, json, math, os, pickle, resource, signal, sys, time
+import numpy as np
+T = pickle.loads(base64.b64decode("__PAYLOAD__"))
+
+class Limit(BaseException):
+    pass
+
+def alarm(*_):
+    raise Limit
+
+for sig in (signal.SIGPROF, signal.SIGALRM):
+    signal.signal(sig, alarm)
+sink = open(os.devnull, "w")
+
+def timed(f, limit):  # (f(), CPU seconds) within `limit` CPU seconds (0: none) and 10 x that in wall time
+    sys.stdout = sys.stderr = sink
+    signal.setitimer(signal.ITIMER_PROF, limit)
+    signal.setitimer(signal.ITIMER_REAL, 10 * limit)
+    cpu = resource.getrlimit(resource.RLIMIT_CPU)
+    if limit:  # code that catches Limit and goes on is killed by the kernel 2 s later (SIGXCPU)
+        soft = int(time.process_time() + limit) + 2
+        resource.setrlimit(resource.RLIMIT_CPU, (soft if cpu[1] < 0 else min(soft, cpu[1]), cpu[1]))
+    try:
+        t = time.process_time()
+        return f(), time.process_time() - t
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        resource.setrlimit(resource.RLIMIT_CPU, cpu)
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+
+def load(code):
+    ns = {}
+    timed(lambda: exec(code, ns), 10.0)
+    fn = ns[T["entry_point"]]
+    if T["test"] is None:
+        return fn
+    tests = dict(ns)  # the test may call the prompt's helpers (HumanEval/38's encode_cyclic)
+    exec(T["test"], tests)
+    return lambda: tests["check"](fn)  # plain HumanEval: one "input", check() raises on a failure
+
+def floats(x):
+    if isinstance(x, np.ndarray):
+        return x.dtype in (np.float64, np.float32)
+    return isinstance(x, float) or isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(i, float) for i in x)
+
+def digits(a, b):
+    a, b = str(a), str(b)
+    return sum(abs(int(x) - int(y)) for x, y in zip(a.zfill(len(b)), b.zfill(len(a))))
+
+def same(out, exp, args, atol):
+    oracle = T["oracle"]
+    if oracle == "find_zero":  # HumanEval/32: any root will do
+        return abs(sum(c * math.pow(out, i) for i, c in enumerate(args[0]))) <= atol
+    exact = out == exp
+    if oracle == "set":
+        exact = set(out) == set(exp)
+    elif oracle == "not_none":
+        exact = out == exp if isinstance(out, bool) else exp == (out is not None)
+    elif oracle == "pyramid":  # surface area with the height measured from the base to the apex
+        b, h = args
+        exact = exact or abs(out - round(b ** 2 + 4 * (b * math.sqrt((b / 2) ** 2 + h ** 2)) / 2)) <= atol
+    elif oracle == "digits":  # the shorter number padded with zeros
+        exact = exact or out == digits(*args)
+    if not exact and atol:
+        return (type(out) == type(exp) and (not isinstance(exp, (list, tuple)) or len(out) == len(exp))
+                and bool(np.allclose(out, exp, rtol=1e-07, atol=atol)))
+    return bool(exact)
+
+def why(e, limit):
+    return f"time limit {limit:.1f} s" if isinstance(e, Limit) else f"{type(e).__name__}: {str(e)[:200]}"
+
+def verdict():
+    v = {"base": False, "plus": None if T["plus"] is None else False, "error": None}
+    try:
+        ref = load(T["reference"])
+    except BaseException as e:
+        return dict(v, error="reference: " + why(e, 10.0))
+    try:
+        cand = load(T["solution"])
+    except BaseException as e:
+        return dict(v, error="solution: " + why(e, 10.0))
+    for phase in ("base", "plus"):
+        if T[phase] is None:
+            break
+        atol, spent = T["atol"], 0.0
+        for i, args in enumerate(T[phase]):
+            try:
+                exp, t_ref = timed(lambda: ref(*copy.deepcopy(args)), 0)
+            except BaseException as e:
+                return dict(v, error=f"reference, {phase} input {i}: " + why(e, 0))
+            exp = exp is not None if T["oracle"] == "not_none" else exp
+            limit = max(1.0, 4.0 * t_ref)
+            try:
+                out, t = timed(lambda: cand(*copy.deepcopy(args)), limit)
+                spent += t
+                if atol == 0 and floats(exp):  # as evalplus: from here on, this phase compares with 1e-6
+                    atol = 1e-6
+                ok = same(out, exp, args, atol)
+            except BaseException as e:
+                return dict(v, error=f"{phase} input {i}: " + why(e, limit))
+            if not ok or spent > 61:
+                return dict(v, error=f"{phase} input {i}: " + ("wrong output" if not ok else "over 61 s in all"))
+        v[phase] = True
+    return v
+
+os.write(1, (T["nonce"] + json.dumps(verdict()) + "\n").encode())
+'''
+
+
+def check_code(sandbox, jobs):
+    """EvalPlus verdicts for [(task, solution)] (tasks as read_code_tasks returns them, solutions as
+    extract_code does): [{"passed_base": bool, "passed_plus": bool | None (no plus tests),
+    "error": the first failure, or None}], one sandbox cell per job (a Sandbox with CHECK_TIMEOUT_S
+    and CHECK_MEMORY_MB; None if no solution needs one). Whatever the solution does (loops, exit(),
+    huge output, kills) is a failure."""
+    cells, out = [], []
+    for task, solution in jobs:
+        plus = "base_input" in task
+        nonce = os.urandom(8).hex()
+        out.append(dict(passed_base=False, passed_plus=False if plus else None, error=None, nonce=nonce))
+        if solution is None:
+            out[-1]["error"] = f"no ```python block defines {task['entry_point']}"
+            continue
+        oracle = ("find_zero" if task["id"] == "HumanEval/32" and plus else
+                  _ORACLES.get(task["entry_point"]) if task["id"].startswith("Mbpp/") else None)
+        payload = dict(nonce=nonce, entry_point=task["entry_point"], solution=solution, oracle=oracle,
+                       reference=task["prompt"] + task["canonical_solution"], atol=task.get("atol", 0),
+                       test=None if plus else task["test"], base=_test_inputs(task, "base_input") if plus else [()],
+                       plus=_test_inputs(task, "plus_input") if plus else None)
+        cells.append((len(out) - 1, _HARNESS.replace("__PAYLOAD__", base64.b64encode(pickle.dumps(payload)).decode())))
+    for (i, _), res in zip(cells, sandbox.run_many([c for _, c in cells]) if cells else []):
+        line = next((x for x in res.stdout.splitlines() if x.startswith(out[i]["nonce"])), None)
+        if line is None:  # the cell died before its verdict: exit(), os._exit, a signal, the time limit ...
+            out[i]["error"] = res.error or "no verdict (the solution ended the process)"
+            continue
+        v = json.loads(line[len(out[i]["nonce"]):])
+        out[i].update(passed_base=v["base"], passed_plus=v["plus"], error=v["error"])
+    for v in out:
+        del v["nonce"]
+    return out
+
+
+# -----------------------------------------------------------------------------
 # Problem files: the one reader every stage uses (DESIGN.md), for our files and the shared ones as they are
 
 
@@ -484,6 +705,29 @@ def read_jsonl(path):
             if not isinstance(obj, dict):
                 raise SystemExit(f"{path}:{n}: not a JSON object")
             yield n, obj
+
+
+def repair_jsonl(path):
+    """Before appending to an output file: a last line without its newline is what a kill mid-write
+    leaves. A whole JSON object gets its newline; anything else is cut off with a one-line warning
+    (the run then writes that record again)."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        try:
+            whole = isinstance(json.loads(data[cut:]), dict)
+        except ValueError:
+            whole = False
+        if whole:
+            f.write(b"\n")
+            return
+        f.truncate(cut)
+    print(f"warning: {path}: dropped a torn last line ({len(data) - cut} bytes: a run killed mid-write)",
+          file=sys.stderr)
 
 
 def _gold(r):
@@ -554,6 +798,26 @@ def read_problems(path, need_answer=True, check=None):
     if not out:
         raise SystemExit(f"{path}: no problems" + (" with a gold answer ('answer', 'final_answer' or a \\boxed{} "
                                                    "in 'solution')" if unanswered else ""))
+    return out
+
+
+
+def read_code_tasks(path):
+    """Code tasks of HumanEval / HumanEval+ / MBPP+ files as they are (../shared/data/README.md), each with
+    "id" = its task_id; a task needs its tests: base_input and plus_input (EvalPlus) or test (HumanEval)."""
+    out, seen = [], set()
+    for n, r in read_jsonl(path):
+        tests = ["base_input", "plus_input"] if "base_input" in r else ["test"]
+        for k in ["task_id", "prompt", "entry_point", "canonical_solution"] + tests:
+            if k not in r or k not in ("base_input", "plus_input") and not isinstance(r[k], str):
+                raise SystemExit(f"{path}:{n}: missing field {k!r} (a code task has task_id, prompt, entry_point, "
+                                 "canonical_solution and its tests: base_input and plus_input, or test)")
+        if r["task_id"] in seen:
+            raise SystemExit(f"{path}:{n}: duplicate task_id {r['task_id']!r}")
+        seen.add(r["task_id"])
+        out.append({**r, "id": r["task_id"]})
+    if not out:
+        raise SystemExit(f"{path}: no code tasks")
     return out
 
 

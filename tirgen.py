@@ -574,6 +574,11 @@ def main(argv=None):
 
     ids = {r["id"] for r in problems}
     records = [r for r in read_jsonl(args.trajectories, TRAJ_FIELDS) if r["id"] in ids]
+    lacking = [r for r in records if args.drop_cot_solved and "cot_correct" not in r]
+    if lacking:  # written by a run without the flag: the stage would keep them all, silently
+        raise SystemExit(f"{args.trajectories}: {len(lacking)} trajectories (e.g. id {lacking[0]['id']!r}) were written "
+                         "without the pure-CoT pass that --drop-cot-solved needs; write them again into a new "
+                         "--trajectories file with the flag, or drop it")
     rules = RULES + ([("pure CoT already solves it", cot_unsolved)] if args.drop_cot_solved else [])
     kept, rows, before = multi_stage_filter(records, rules, args.keep_one_call, args.seed)
     report(rows, before, kept)

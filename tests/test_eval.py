@@ -153,11 +153,12 @@ def test_predictions_scoring_end_to_end(tmp_path, capsys):
     assert row.split()[1:6] == ["5", "4", "45.0", "80.0", "60.0"]
     assert "Table 1 layout, Avg@k: MATH500 45.0 | Avg 45.0" in out
     assert "covers 5 of 500 problems" in out
-    # k=2 from the same four samples: unbiased pass@2, maj@2 over the first two, Avg still over all four.
+    # k=2 from the same four samples: Avg@2 and maj@2 over the first two, the unbiased pass@2 from all four.
     m = ev.main(["--predictions", str(pred), "--k", "2", "--out", str(tmp_path / "r2")])["benchmarks"]["math500"]
+    assert m["avg@k"] == pytest.approx(100 * (1 / 2 + 1 / 2 + 1 + 0 + 0) / 5)   # 40.0, not 45.0 over all four
     assert m["pass@k"] == pytest.approx(100 * (5 / 6 + 5 / 6 + 1 + 0.5 + 0) / 5)
     assert m["maj@k"] == pytest.approx(40.0)  # 4.67 vs 14/3: the first wins; 9 vs 3: 9; 41 vs 82/2: wrong
-    assert m["avg@k"] == pytest.approx(45.0)
+    assert (m["samples"], m["tokens"], m["tool_calls"]) == (10, 100.5, 1.1)  # first two: 11 calls
 
 
 def test_predictions_file_errors(tmp_path):
@@ -165,12 +166,29 @@ def test_predictions_file_errors(tmp_path):
     path.write_text('{"benchmark": "toy", "id": "a", "answer": "1", "pred": "1"}\n{"benchmark": "toy", "id": "b"}\n')
     with pytest.raises(SystemExit, match=r"p.jsonl:2: missing field answer, response or pred"):
         ev.load_predictions(str(path))
+    path.write_text('{"benchmark": "mbpp_plus", "id": "Mbpp/2", "answer": "1", "pred": "1"}\n')
+    with pytest.raises(SystemExit, match=r"p.jsonl:1: missing field response or solution"):  # a code record
+        ev.load_predictions(str(path))
     path.write_text('{"benchmark": "toy", "id": "a", "answer": "1", "pred": "1"}\n')
     with pytest.raises(SystemExit, match=r"no predictions for benchmark aime24"):
         ev.load_predictions(str(path), ["aime24"])
     path.write_text('{"id": "a", "answer": "1", "pred": "1"}\n{"id": "a", "answer": "1", "pred": "2"}\n')
-    preds = ev.load_predictions(str(path), ["toy"])  # no benchmark field: the one named; samples in file order
+    _, preds = ev.load_predictions(str(path), ["toy"])  # no benchmark field: the one named; samples in file order
     assert [r["pred"] for r in preds["toy"]["a"]] == ["1", "2"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--predictions", "{tmp}/empty.jsonl"], r"empty.jsonl: no predictions \(an empty file\)$"),
+    (["--predictions", "{tmp}/empty.jsonl", "--benchmarks", "toy"], r"empty.jsonl: no predictions \(an empty file\)$"),
+    (["--benchmarks", "math500", "--data-dir", "{tmp}"], r"math500.jsonl: no problems$"),
+    (["--benchmarks", "paper,gsm9k"], r"^unknown benchmark 'gsm9k'"),
+])
+def test_empty_files_and_bad_names_are_one_line_errors(tmp_path, argv, message):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "math500.jsonl").write_text("")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--out", str(tmp_path / "o"), "--model", "none"]
+    with pytest.raises(SystemExit, match=message):
+        ev.main(argv)
 
 # -----------------------------------------------------------------------------
 # Runs on the tiny model: generation, the predictions records, resume
@@ -178,7 +196,8 @@ def test_predictions_file_errors(tmp_path):
 
 def test_tiny_model_run_and_resume(tiny_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "eval"
-    argv = ["--model", tiny_dir, "--k", "2", "--limit", "3", "--max-new-tokens", "24", "--out", str(out)]
+    argv = ["--model", tiny_dir, "--k", "2", "--limit", "3", "--max-new-tokens", "24", "--batch-size", "2",
+            "--temperature", "1.0", "--out", str(out)]
     report = ev.main(argv)
     m = report["benchmarks"]["toy"]
     assert (m["n"], m["k"], m["samples"]) == (3, 2, 6)
@@ -191,22 +210,23 @@ def test_tiny_model_run_and_resume(tiny_dir, tmp_path, capsys, monkeypatch):
         assert {"id", "problem", "answer", "benchmark", "response", "pred", "correct", "tool_calls", "tool_errors",
                 "corrections", "tokens", "finish", "model", "sample"} <= set(r)
         assert 0 < r["tokens"] <= 24 and r["correct"] is False
+    assert len({r["response"] for r in recs}) == 6  # the samples differ, so a wrong seed would show
 
-    # Interrupted after three records: the rerun samples only the two unfinished problems and
-    # appends exactly the three missing records, leaving the written ones as they were.
-    (out / "predictions.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    # Killed while writing the fifth record: four whole lines and a torn one. The rerun cuts the torn
+    # line with a warning, samples the unfinished chunk (problem 2) again and writes exactly the records
+    # of the uninterrupted run.
+    (out / "predictions.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:30])
     calls = []
     real = model.rollout
     monkeypatch.setattr(model, "rollout", lambda m_, tok, prompts, *a, **kw: calls.append(len(prompts)) or
                         real(m_, tok, prompts, *a, **kw))
     ev.main(argv)
-    assert calls == [2]
+    assert calls == [1]
+    assert "dropped a torn last line (30 bytes" in capsys.readouterr().err
     again = (out / "predictions.jsonl").read_text().splitlines()
-    assert again[:3] == lines[:3] and len(again) == 6
-    assert sorted((json.loads(x)["id"], json.loads(x)["sample"]) for x in again) == \
-        [(r["id"], r["sample"]) for r in recs]
+    assert again[:4] == lines[:4] and sorted(again) == sorted(lines)
     ev.main(argv)  # complete: nothing to sample
-    assert calls == [2]
+    assert calls == [1]
     with pytest.raises(SystemExit, match="not 'other'"):  # another model's file is not extended
         ev.written_samples(str(out / "predictions.jsonl"), "other")
 
