@@ -438,11 +438,14 @@ def plot_curves(log_path, png):
               ("entropy (nats/token)", ["entropy"]), ("update (log)", ["clip_frac", "approx_kl"])]
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
     for ax, (title, keys) in zip(axes.flat, panels):
+        positive = False
         for k in keys:
             pts = [(r["iteration"], r[k]) for r in recs if r.get(k) is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o" if k.startswith("eval") else ".", ms=4, label=k)
-        ax.set(title=title, xlabel="iteration", yscale="log" if "log" in title else "linear")
+                positive |= any(y > 0 for _, y in pts)
+        # a log axis needs a positive value (no update ran: all 0)
+        ax.set(title=title, xlabel="iteration", yscale="log" if "log" in title and positive else "linear")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
