@@ -39,6 +39,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -243,7 +244,7 @@ def chart(results, seeds, temps, path):
             v, lo, hi, _ = interval(results, seeds, t, "acc", row, base)
             y = i + (k - (len(temps) - 1) / 2) * width
             bx.errorbar(v, y, xerr=[[v - lo], [hi - v]], fmt="o", color=f"C{k}", capsize=3, label=f"T={t}" if i == 0 else None)
-    ax.set_xticks(range(len(ROWS)), [f"{r}\n{n.replace(', ', chr(10))}" for r, n in ROWS], fontsize=7)
+    ax.set_xticks(range(len(ROWS)), [f"{r}\n{textwrap.fill(n, 14)}" for r, n in ROWS], fontsize=7)
     ax.set(ylim=(0, 100), title="accuracy % (95% interval; dots: seeds)")
     ax.legend(fontsize=8, loc="upper left")
     bx.axvline(0, color="k", lw=0.8)
