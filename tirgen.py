@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from tqdm import tqdm
 
 import model
-from rewards import extract_answer, has_repetition, is_equiv, read_problems
+from rewards import extract_answer, has_repetition, is_equiv, read_jsonl as jsonl_lines, read_problems
 from sandbox import Sandbox, format_observation
 
 # -----------------------------------------------------------------------------
@@ -471,22 +471,15 @@ def report(rows, before, kept):
 
 
 def read_jsonl(path, required, check=None):
+    """The records of a trajectory file; a line missing a `required` field, or that `check` rejects
+    (a reason, or None), stops with `file:line: reason`."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"{path}:{i}: malformed JSON ({e.msg})")
-            if not isinstance(r, dict):
-                raise SystemExit(f"{path}:{i}: not a JSON object")
-            missing = [k for k in required if k not in r]
-            why = f"missing field {missing[0]!r}" if missing else check(r) if check else None
-            if why:
-                raise SystemExit(f"{path}:{i}: {why}")
-            rows.append(r)
+    for i, r in jsonl_lines(path):
+        missing = [k for k in required if k not in r]
+        why = f"missing field {missing[0]!r}" if missing else check(r) if check else None
+        if why:
+            raise SystemExit(f"{path}:{i}: {why}")
+        rows.append(r)
     return rows
 
 

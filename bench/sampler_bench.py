@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
+from rl import TimedSandbox  # noqa: E402  (rl.py times its rollouts' tool share with it too)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,17 +91,6 @@ def tool_prefix(tok, problem):
     block, the sandbox runs it (a bare ```python opening was not closed within 64 tokens by SmolLM2)."""
     a, b = (re.findall(r"\d+", problem) + ["2", "3"])[:2]
     return tok.encode(f"Let me compute it with Python.\n```python\nprint({a} * {b})\n", add_special_tokens=False)
-
-
-class TimedSandbox:
-    def __init__(self, sb):
-        self.sb, self.seconds = sb, 0.0
-
-    def run_many(self, codes):
-        t = time.perf_counter()
-        out = self.sb.run_many(codes)
-        self.seconds += time.perf_counter() - t
-        return out
 
 
 def rollout_speed(engine, tok, prompts, prefixes, sb, new_tokens):
