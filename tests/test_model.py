@@ -26,16 +26,20 @@ class ScriptedLM(torch.nn.Module):
     def device(self):
         return self.dummy.device
 
-    def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True, logits_to_keep=0):
+    def read_context(self, input_ids, attention_mask, past_key_values):
+        """Store this step's ids in the cache; return zero logits and each row's visible context
+        (text, token count)."""
         kv = input_ids[:, None, :, None].float()
         keys, _ = past_key_values.update(kv, kv, 0)
         ids, live = keys[:, 0, :, 0].long(), attention_mask.bool()
-        logits = torch.zeros(input_ids.size(0), 1, len(self.tok))
-        for b in range(ids.size(0)):
-            text = self.tok.decode(ids[b][live[b]].tolist())
+        rows = [(self.tok.decode(ids[b][live[b]].tolist()), int(live[b].sum())) for b in range(ids.size(0))]
+        return torch.zeros(input_ids.size(0), 1, len(self.tok)), rows
+
+    def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True, logits_to_keep=0):
+        logits, rows = self.read_context(input_ids, attention_mask, past_key_values)
+        for b, (text, n) in enumerate(rows):
             prompt, _, response = text.partition("Assistant:\n")
             prompt += "Assistant:\n"
-            n = int(live[b].sum())
             if n < self.last_len.get(prompt, 0):   # the sampler rolled this row back
                 self.attempt[prompt] = self.attempt.get(prompt, 0) + 1
             self.last_len[prompt] = n

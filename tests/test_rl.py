@@ -129,12 +129,9 @@ class BranchLM(ScriptedLM):
     regen = False
 
     def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True, logits_to_keep=0):
-        kv = input_ids[:, None, :, None].float()
-        keys, _ = past_key_values.update(kv, kv, 0)
-        ids, live = keys[:, 0, :, 0].long(), attention_mask.bool()
-        logits = torch.zeros(input_ids.size(0), 1, len(self.tok))
-        for b in range(ids.size(0)):
-            prompt, _, response = self.tok.decode(ids[b][live[b]].tolist()).partition("Assistant:\n")
+        logits, rows = self.read_context(input_ids, attention_mask, past_key_values)
+        for b, (text, _) in enumerate(rows):
+            prompt, _, response = text.partition("Assistant:\n")
             nxt = {self.tok.encode(t[len(response):], add_special_tokens=False)[0]
                    for t in self.policy(prompt, response, self.regen) if t.startswith(response) and len(t) > len(response)}
             logits[b, 0, list(nxt or {self.tok.eos_token_id})] = 30.0
