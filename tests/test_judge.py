@@ -1,35 +1,19 @@
 """eval.py --judge: an OpenAI-compatible chat endpoint played by a stub HTTP server on 127.0.0.1.
 The rule-based grade stays the table's accuracy; the judge's Avg@k and the agreement are reported
 beside it; judgements are cached in the predictions file; retries, the timeout, the reply parsing."""
-import http.server
 import json
-import threading
 import time
 
 import pytest
 
 import eval as ev
+from stub_server import OpenAIStub, serve
 
 
-class Judge(http.server.BaseHTTPRequestHandler):
+class Judge(OpenAIStub):
     """Says YES when the answer to grade is in `accept`; fails the first `fail` requests with HTTP 500;
     sleeps 2 s before answering about an answer in `slow`."""
-    accept, fail, slow, requests = set(), 0, set(), []
-
-    def log_message(self, *a):
-        pass
-
-    def reply(self, obj, status=200):
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        assert self.path == "/v1/models"
-        self.reply({"object": "list", "data": [{"id": "judge-32b", "object": "model"}]})
+    model_id, accept, fail, slow, requests = "judge-32b", set(), 0, set(), []
 
     def do_POST(self):
         assert self.path == "/v1/chat/completions"
@@ -50,10 +34,8 @@ class Judge(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def judge_url():
     Judge.accept, Judge.fail, Judge.slow, Judge.requests = set(), 0, set(), []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with serve(Judge) as url:
+        yield url
 
 
 def write_predictions(path):

@@ -1,17 +1,16 @@
 """tirgen.py: toy data, the critic's parser, the toy agents, Algorithm 1 on the real sandbox, each
 filter rule, balancing, the CLI (report, resume, bad input), URL agents against a local HTTP stub,
 and an LLM-agent run with the tiny random model as actor and critic."""
-import http.server
 import json
 import os
 import random
 import re
-import threading
 from argparse import Namespace
 
 import pytest
 
 import tirgen
+from stub_server import OpenAIStub, serve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -306,23 +305,8 @@ def test_bad_input_names_the_line(tmp_path, lines, message):
 # URL agents: an OpenAI-compatible /v1/completions stub on 127.0.0.1, played by the toy agents
 
 
-class Stub(http.server.BaseHTTPRequestHandler):
-    problems, requests = {}, []
-
-    def log_message(self, *a):
-        pass
-
-    def reply(self, obj):
-        body = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        assert self.path == "/v1/models"
-        self.reply({"object": "list", "data": [{"id": "stub-7b", "object": "model"}]})
+class Stub(OpenAIStub):
+    model_id, problems, requests = "stub-7b", {}, []
 
     def do_POST(self):
         assert self.path == "/v1/completions"
@@ -343,16 +327,11 @@ class Stub(http.server.BaseHTTPRequestHandler):
 def test_url_actor_and_critic_through_the_same_loop(tmp_path, capsys):
     problems = toy_problems(6)
     Stub.problems = {p["problem"]: p for p in problems}
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        traj_path = str(tmp_path / "traj.jsonl")
+    traj_path = str(tmp_path / "traj.jsonl")
+    with serve(Stub) as url:
         tirgen.main(["--data", write_jsonl(tmp_path / "p.jsonl", problems), "--actor", url, "--critic", url,
                      "--trajectories", traj_path, "--out", str(tmp_path / "sft.jsonl"), "--L-step", "40",
                      "--keep-one-call", "1", "--sandbox-workers", "1"])
-    finally:
-        server.shutdown()
     rows = read_jsonl(traj_path)
     assert len(rows) == 6 and all(r["correct"] and r["finish"] == "boxed" for r in rows)
     assert all("Then I" not in r["response"] and "123" not in r["response"] for r in rows)
