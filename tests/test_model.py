@@ -86,6 +86,24 @@ def test_first_token_differs_across_samples_and_seed_reproduces(tiny_dir, sandbo
     assert [r.response_ids for r in a] == [r.response_ids for r in b]
 
 
+def test_sample_token_follows_the_distribution_and_masks():
+    """Inverse-CDF sampling draws each token with its softmax(logits / T) probability (a chi-square
+    bound over 20,000 draws) and never a token that top-k or top-p masked."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0, 0.5])
+    R, T = 20000, 0.8
+    ids, lps = model.sample_token(logits.repeat(R, 1), T, 0, 1.0, gen)
+    p = (logits / T).softmax(-1)
+    counts = torch.bincount(ids, minlength=len(logits)).double()
+    chi2 = (((counts - R * p) ** 2) / (R * p).clamp(min=1e-9))[p > 1e-6].sum()
+    assert chi2 < 25.7  # 99.99th percentile of chi-square with 4 degrees of freedom (5 live tokens)
+    assert torch.allclose(lps, p.log()[ids].float(), atol=1e-5)
+    top2, _ = model.sample_token(logits.repeat(R, 1), 1.0, 2, 1.0, gen)
+    assert set(top2.tolist()) == {0, 1}
+    nucleus, _ = model.sample_token(logits.repeat(R, 1), 1.0, 0, 0.5, gen)  # token 0 alone has 0.55
+    assert set(nucleus.tolist()) == {0}
+
+
 def code_policy(codes, answer="\\boxed{42}"):
     """Writes one code block per entry of `codes` (an attempt index picks the code), then answers."""
     def policy(prompt, response, attempt):
