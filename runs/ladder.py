@@ -2,7 +2,7 @@
 runs/ladder.py: the whole THOR pipeline on the embedded toy default, ending in the toy version of
 the paper's Table 3 ablation ladder (T1-T6), every step a paired difference with a 95% interval.
 
-    python runs/ladder.py                       # 3 seeds at once on 2 CPU cores (see the README for the time)
+    python runs/ladder.py                       # 3 seeds on 2 CPU cores (see the README for the time)
     python runs/ladder.py --seeds 0 --quick     # tiny sizes, a smoke test of the wiring (pytest runs it)
     python runs/ladder.py --out out/ladder-a001 --rl-args='--nll-alpha 0.01'   # an RL ablation, same seeds
 
@@ -11,20 +11,21 @@ Every stage is its own process and stages pass files, nothing else:
     sft.py on data/toy_cot.jsonl -> out/ladder/cot/      the toy base model: the copy model + the toy actor's
                                                          own chain-of-thought (once; T1)
     tirgen.py                  -> out/ladder/toy_sft.jsonl   toy actor-critic data + filters (once)
+    rl.py --no-tools           -> out/ladder/t2/         T2: CoT-RL from the base model, no tool execution (once)
     per seed s, in out/ladder/s<s>/:
-      rl.py --no-tools         -> t2/                    T2: CoT-RL from the base model, no tool execution
       sft.py                   -> sft/                   T3: TIRGen cold start from the base model
       rl.py --no-step-level    -> t4/                    T4: + episode-level RL
       rl.py                    -> t5/                    T5: + step-level RL (same seed, same budget)
-      infer.py on the held-out toy problems (data/toy_test1000.jsonl), one predictions file per row and
-        temperature: T2 t2/ without tool execution; T3 sft/; T4 t4/; T5 t5/ (no self-correction); T6 t5/
-        with self-correction (N_corr 4); and once for all seeds, in out/ladder/: T1 cot/ without tools
-      eval.py --predictions    -> <row>@<T>/report.json  accuracy, tool-call success, calls, tokens
+    infer.py on the held-out toy problems (the first --test-n of data/toy_test1000.jsonl), one predictions
+      file per row and temperature: T3 sft/; T4 t4/; T5 t5/ (no self-correction); T6 t5/ with
+      self-correction (N_corr 4); and once, in out/ladder/: T1 cot/ and T2 t2/, without tool execution
+    eval.py --predictions      -> <row>@<T>/report.json  accuracy, tool-call success, calls, tokens
+The stages run --jobs (2) at a time, each as soon as the stages it reads from are done (`schedule`).
 Out: out/ladder/ladder.md (the tables), out/ladder/ladder.png (the chart), out/ladder/rows.jsonl (one
-record per seed, row and temperature), out/ladder/times.jsonl (every stage's wall time). A rerun skips
-the stages whose output exists; --fresh starts over.
+record per seed, row and temperature), times.jsonl beside each log (every stage's wall and CPU time). A
+rerun skips the stages whose output exists; --fresh starts over.
 
-The seeds vary T2-T6's training and all sampling; the base models and the TIRGen data are shared, like
+The seeds vary T3-T6's training and sampling; the base models, T2 and the TIRGen data are shared, like
 a base checkpoint and a dataset in the paper. 95% intervals: a paired two-level bootstrap, seeds drawn
 with replacement and then problems with replacement within each drawn seed, the same problems for both
 rows of a difference (so it covers the training-seed spread as well as the test-set noise; with 3 seeds
@@ -42,7 +43,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -59,11 +60,11 @@ QUICK = dict(sft=["--max-steps", "3", "--batch-size", "4"],
              infer_tokens=48)
 
 
-def run(cmd, log, one_thread=True):
-    """One stage in its own process, output to its log; one CPU thread where stages run side by side.
-    Its wall time and CPU time (its processes' user + system seconds: on a loaded machine the wall time
-    is not the idle one, the CPU time nearly is) go to times.jsonl beside the log."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **({"OMP_NUM_THREADS": "1"} if one_thread else {}))
+def run(cmd, log, threads=1):
+    """One stage in its own process with `threads` CPU threads, output to its log. Its wall time and
+    CPU time (its processes' user + system seconds: on a loaded machine the wall time is not the idle
+    one, the CPU time nearly is) go to times.jsonl beside the log."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
     t0 = time.time()
     with open(log, "w") as f:
         p = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -73,8 +74,32 @@ def run(cmd, log, one_thread=True):
             tail = f.read()[-2000:]
         raise SystemExit(f"{' '.join(cmd)} failed (exit {os.waitstatus_to_exitcode(status)}); log {log}:\n{tail}")
     with open(os.path.join(os.path.dirname(log), "times.jsonl"), "a") as f:
-        f.write(json.dumps({"stage": os.path.basename(log), "seconds": round(time.time() - t0, 1),
+        f.write(json.dumps({"stage": os.path.basename(log), "seconds": round(time.time() - t0, 1), "threads": threads,
                             "cpu": round(usage.ru_utime + usage.ru_stime, 1)}) + "\n")
+
+
+def schedule(jobs, slots):
+    """Run jobs = {name: (names it waits for, fn(threads))}, each once all it waits for are done, at
+    most `slots` at a time. List scheduling: among the ready jobs the one that most jobs wait on
+    (directly or not) starts first, so the seeds' training chains are not starved by inference rows.
+    A job that starts alone (none running, none ready) gets `slots` threads: the CoT base model, which
+    all the rest waits for (SFT on 2 threads: 1.85x the steps per second of 1)."""
+    below = {n: set() for n in jobs}
+    for n in reversed(list(jobs)):  # jobs are listed after those they wait for
+        for d in jobs[n][0]:
+            below[d] |= {n} | below[n]
+    done, running, pending = set(), {}, list(jobs)
+    with ThreadPoolExecutor(slots) as pool:
+        while pending or running:
+            ready = sorted((n for n in pending if set(jobs[n][0]) <= done), key=lambda n: -len(below[n]))
+            while ready and len(running) < slots:
+                n = ready.pop(0)
+                pending.remove(n)
+                running[pool.submit(jobs[n][1], 1 if running or ready else slots)] = n
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                f.result()  # a failed stage stops the ladder (the running ones finish first)
+                done.add(running.pop(f))
 
 
 def head(name, n, out):
@@ -85,46 +110,65 @@ def head(name, n, out):
     return path
 
 
-def predict(d, row, model, extra, s, args, test):
-    """infer.py + eval.py for one row of the ladder -> {"<row>@<T>": (eval report, [predictions by id])}."""
+def predict(d, row, model, extra, s, args, test, threads):
+    """infer.py + eval.py for one row of the ladder at each temperature (skipped where its report exists)."""
+    for t in args.temperatures:
+        name = f"{row}@{t}"
+        preds = os.path.join(d, f"{name}.jsonl")
+        if not os.path.exists(os.path.join(d, name, "report.json")):
+            run(["infer.py", "--model", model, "--data", test, "--out", preds, "--seed", str(s), "--temperature", str(t),
+                 "--max-new-tokens", str(args.max_new_tokens), "--batch", str(args.batch), *extra],
+                os.path.join(d, f"{name}.infer.log"), threads)
+            run(["eval.py", "--predictions", preds, "--benchmarks", "toy", "--out", os.path.join(d, name)],
+                os.path.join(d, f"{name}.eval.log"))
+
+
+def scores(d, row, args):
+    """{"<row>@<T>": (eval report, [predictions by id])} of one row."""
     out = {}
     for t in args.temperatures:
         name = f"{row}@{t}"
-        preds, rep = os.path.join(d, f"{name}.jsonl"), os.path.join(d, name, "report.json")
-        if not os.path.exists(rep):
-            run(["infer.py", "--model", model, "--data", test, "--out", preds, "--seed", str(s), "--temperature", str(t),
-                 "--max-new-tokens", str(args.max_new_tokens), "--batch", str(args.batch), *extra], os.path.join(d, f"{name}.infer.log"))
-            run(["eval.py", "--predictions", preds, "--benchmarks", "toy", "--out", os.path.join(d, name)],
-                os.path.join(d, f"{name}.eval.log"))
-        with open(rep) as f, open(preds) as g:
+        with open(os.path.join(d, name, "report.json")) as f, open(os.path.join(d, f"{name}.jsonl")) as g:
             out[name] = json.load(f)["benchmarks"]["toy"], sorted((json.loads(line) for line in g), key=lambda r: r["id"])
     return out
 
 
 NO_TOOLS = ["--max-tool-calls", "0", "--n-corr", "0"]  # a code block ends the answer unexecuted (as rl.py --no-tools)
+NO_SC = ["--n-corr", "0"]  # infer.py self-corrects by default; only T6 does
 
 
-def seed_chain(s, args, test, sft_data, cot):
-    """All stages of one seed; returns {"<row>@<temperature>": (eval report, [prediction records])} for T2-T6."""
+def stage(out, cmd):
+    """A training stage (sft.py or rl.py) as a job: skipped when its model dir exists."""
+    def fn(threads):
+        if not os.path.exists(os.path.join(out, "config.json")):
+            run(cmd + ["--threads", str(threads)], out + ".log", threads)
+    return fn
+
+
+def rl_stage(d, name, start, s, args, *flags):
+    """rl.py from the model dir `start` into d/name, as a job."""
+    q = QUICK["rl"] if args.quick else []
+    return stage(os.path.join(d, name), ["rl.py", "--model", start, "--out", os.path.join(d, name), "--seed", str(s), *flags,
+                                         "--iterations", str(args.rl_iterations), "--eval-every", "0", *q, *args.rl_args])
+
+
+def seed_jobs(s, args, test, sft_data, cot):
+    """One seed's jobs: T3 = the TIRGen cold start from the base model; T4 and T5 = RL from T3 with the
+    same seed and budget, without and with the step level; an inference row (infer.py + eval.py) for
+    each, T6 = T5's model with self-correction."""
     d = os.path.join(args.out, f"s{s}")
     os.makedirs(d, exist_ok=True)
-    q = QUICK if args.quick else dict(sft=[], rl=[])
     j = lambda *p: os.path.join(d, *p)
-    rl = lambda name, start, *flags: (j(name), ["rl.py", "--model", start, "--out", j(name), "--seed", str(s), *flags,
-                                                "--iterations", str(args.rl_iterations), "--eval-every", "0", *q["rl"], *args.rl_args])
-    stages = [
-        rl("t2", cot, "--no-tools"),  # T2: RL from the base model with tools off
-        (j("sft"), ["sft.py", "--data", sft_data, "--model", cot, "--out", j("sft"), "--seed", str(s),
-                    "--max-steps", str(args.sft_steps), "--eval-n", "0", *q["sft"]]),
-        rl("t4", j("sft"), "--no-step-level"),  # same seed and budget: T4 and T5 differ only in the step level
-        rl("t5", j("sft")),
-    ]
-    for out, cmd in stages:
-        if not os.path.exists(os.path.join(out, "config.json")):
-            run(cmd, out + ".log")
-    no_sc = ["--n-corr", "0"]  # infer.py corrects by default; only T6 does
-    rows = dict(T2=(j("t2"), NO_TOOLS), T3=(j("sft"), no_sc), T4=(j("t4"), no_sc), T5=(j("t5"), no_sc), T6=(j("t5"), ["--n-corr", "4"]))
-    return {k: v for row, (model, extra) in rows.items() for k, v in predict(d, row, model, extra, s, args, test).items()}
+    row = lambda name, model, extra: lambda threads: predict(d, name, model, extra, s, args, test, threads)
+    return {f"sft/{s}": (["cot", "tirgen"], stage(j("sft"), ["sft.py", "--data", sft_data, "--model", cot, "--out", j("sft"),
+                                                            "--seed", str(s), "--max-steps", str(args.sft_steps), "--eval-n", "0",
+                                                            *(QUICK["sft"] if args.quick else [])])),
+            f"t4/{s}": ([f"sft/{s}"], rl_stage(d, "t4", j("sft"), s, args, "--no-step-level")),
+            f"t5/{s}": ([f"sft/{s}"], rl_stage(d, "t5", j("sft"), s, args)),
+            f"T3/{s}": ([f"sft/{s}"], row("T3", j("sft"), NO_SC)),
+            f"T4/{s}": ([f"t4/{s}"], row("T4", j("t4"), NO_SC)),
+            f"T5/{s}": ([f"t5/{s}"], row("T5", j("t5"), NO_SC)),
+            f"T6/{s}": ([f"t5/{s}"], row("T6", j("t5"), ["--n-corr", "4"]))}
 
 # -----------------------------------------------------------------------------
 # Paired two-level bootstrap
@@ -261,18 +305,19 @@ def chart(results, seeds, temps, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (the issue asks for >= 3)")
-    p.add_argument("--jobs", type=int, default=3, help="seeds run at the same time (one CPU thread each)")
+    p.add_argument("--jobs", type=int, default=2, help="stages run at the same time, one CPU thread each (the cores)")
     p.add_argument("--out", default="out/ladder")
     p.add_argument("--tiny", default="out/tiny", help="the tiny copy model dir (built if missing)")
-    p.add_argument("--test-n", type=int, default=1000, help="held-out toy problems scored per row (data/toy_test1000.jsonl)")
-    p.add_argument("--sft-steps", type=int, default=250, help="SFT steps of the CoT base model and of each cold start")
+    p.add_argument("--test-n", type=int, default=500, help="held-out toy problems scored per row (data/toy_test1000.jsonl)")
+    p.add_argument("--cot-steps", type=int, default=250, help="SFT steps of the CoT base model")
+    p.add_argument("--sft-steps", type=int, default=250, help="SFT steps of each TIRGen cold start")
     p.add_argument("--rl-iterations", type=int, default=12, help="RL iterations for T2, T4 and T5")
     p.add_argument("--rl-args", default="", help="more rl.py flags for T2, T4 and T5, one string: an RL ablation, "
                    "e.g. --out out/ladder-a001 --rl-args='--nll-alpha 0.01'")
     p.add_argument("--temperatures", default="0.6", help="sampling temperatures of the inference rows, comma-separated "
                    "(paper: 0.6; RL samples at 1.0)")
     p.add_argument("--max-new-tokens", type=int, default=160, help="response budget at inference (RL's toy budget)")
-    p.add_argument("--batch", type=int, default=100, help="problems per infer.py sampler call")
+    p.add_argument("--batch", type=int, default=250, help="problems per infer.py sampler call")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the wiring, not the method")
     p.add_argument("--fresh", action="store_true", help="delete --out first (the copy model --tiny stays)")
     args = p.parse_args(argv)
@@ -286,29 +331,38 @@ def main(argv=None):
         shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
-    if not os.path.exists(os.path.join(args.tiny, "config.json")):
-        run(["model.py", "build-tiny", "--out", args.tiny] + (["--pretrain-steps", "0"] if args.quick else []),
-            os.path.join(args.out, "tiny.log"), one_thread=False)  # alone on the CPU: 70 s, not 2.3 min
     n_train = 64 if args.quick else None
     train, cot_data = head("toy_train.jsonl", n_train, args.out), head("toy_cot.jsonl", n_train, args.out)
     test = head("toy_test1000.jsonl", args.test_n, args.out)
     sft_data, cot = os.path.join(args.out, "toy_sft.jsonl"), os.path.join(args.out, "cot")
-    shared = []  # the TIRGen data and the CoT base model, side by side
-    if not os.path.exists(sft_data):
-        shared.append((["tirgen.py", "--data", train, "--trajectories", os.path.join(args.out, "toy_trajectories.jsonl"),
-                        "--out", sft_data], os.path.join(args.out, "tirgen.log")))
-    if not os.path.exists(os.path.join(cot, "config.json")):
-        shared.append((["sft.py", "--data", cot_data, "--model", args.tiny, "--out", cot, "--seed", "0",
-                        "--max-steps", str(args.sft_steps), "--eval-n", "0", *(QUICK["sft"] if args.quick else [])],
-                       cot + ".log"))
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda c: run(*c), shared))
-    print(f"base {cot}, data {sft_data}; seeds {seeds}, {args.jobs} at a time; logs in {args.out}/s<seed>/")
-    with ThreadPoolExecutor(args.jobs) as pool:  # T1 is one model: sampled once (seed 0), shared by the seeds
-        t1 = pool.submit(predict, args.out, "T1", cot, NO_TOOLS, 0, args, test)
-        results = dict(zip(seeds, pool.map(lambda s: seed_chain(s, args, test, sft_data, cot), seeds)))
+
+    def tiny(threads):  # all but TIRGen (a minute) wait for the copy model: it takes every core
+        if not os.path.exists(os.path.join(args.tiny, "config.json")):
+            run(["model.py", "build-tiny", "--out", args.tiny] + (["--pretrain-steps", "0"] if args.quick else []),
+                os.path.join(args.out, "tiny.log"), args.jobs)
+
+    def tirgen(threads):
+        if not os.path.exists(sft_data):
+            run(["tirgen.py", "--data", train, "--trajectories", os.path.join(args.out, "toy_trajectories.jsonl"),
+                 "--out", sft_data], os.path.join(args.out, "tirgen.log"), threads)
+
+    jobs = {"tiny": ([], tiny), "tirgen": ([], tirgen),
+            "cot": (["tiny"], stage(cot, ["sft.py", "--data", cot_data, "--model", args.tiny, "--out", cot, "--seed", "0",
+                                          "--max-steps", str(args.cot_steps), "--eval-n", "0",
+                                          *(QUICK["sft"] if args.quick else [])])),
+            # T1 is one model: sampled once (the first seed), shared by the seeds. So is T2, RL without
+            # tools: its accuracy cannot move off T1's (a 1,000-problem run: 0.4% in every seed, -0.3/-0.4/-0.4
+            # points from T1), so more seeds of it would only cost time.
+            "T1": (["cot"], lambda threads: predict(args.out, "T1", cot, NO_TOOLS, seeds[0], args, test, threads)),
+            "t2": (["cot"], rl_stage(args.out, "t2", cot, seeds[0], args, "--no-tools")),
+            "T2": (["t2"], lambda threads: predict(args.out, "T2", os.path.join(args.out, "t2"), NO_TOOLS, seeds[0], args, test, threads))}
     for s in seeds:
-        results[s].update(t1.result())
+        jobs.update(seed_jobs(s, args, test, sft_data, cot))
+    print(f"{len(jobs)} stages, {args.jobs} at a time; logs in {args.out}/ and {args.out}/s<seed>/")
+    schedule(jobs, args.jobs)
+    shared = scores(args.out, "T1", args) | scores(args.out, "T2", args)
+    results = {s: {k: v for row in ("T3", "T4", "T5", "T6") for k, v in scores(os.path.join(args.out, f"s{s}"), row, args).items()}
+               | shared for s in seeds}
     with open(os.path.join(args.out, "rows.jsonl"), "w") as f:
         for s in seeds:
             for row, _ in ROWS:

@@ -50,10 +50,10 @@ def test_quick_pipeline_writes_every_row(tmp_path):
         assert report["n"] == 6 and len(preds) == 6  # every held-out problem was predicted and scored
         assert all("response" in p and "tool_calls" in p for p in preds)
     # each stage wrote a loadable model dir that the next one started from
-    for d in ("cot", "s0/t2", "s0/sft", "s0/t4", "s0/t5"):
+    for d in ("cot", "t2", "s0/sft", "s0/t4", "s0/t5"):
         assert os.path.exists(out / d / "config.json")
-    for d in ("t2", "t5"):
-        assert len(open(out / "s0" / d / "log.jsonl").readlines()) == 2  # --rl-args won over --quick's 1 iteration
+    for d in ("t2", "s0/t5"):
+        assert len(open(out / d / "log.jsonl").readlines()) == 2  # --rl-args won over --quick's 1 iteration
     # T1 and T2 execute no code (no tools); T6 ran with self-correction, T1-T5 without
     for row in ("T1", "T2"):
         assert all(p["tool_calls"] == 0 for p in results[0][f"{row}@0.6"][1])
