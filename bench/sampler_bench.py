@@ -2,7 +2,8 @@
 Sampler throughput, every figure measured in this one run.
 
 Without --model: model.rollout's KV-cached sampler vs HF `generate` (with its cache) vs a naive
-no-cache loop, greedy, batch 16, on the tiny model and on a ~100M-parameter random Llama. The naive
+no-cache loop, greedy, batch 16, on the tiny model and on a ~100M-parameter random Llama (first: one
+sampling step, torch.multinomial vs model.sample_token, at the tiny and at SmolLM2's vocabulary). The naive
 loop re-runs the whole sequence at each step, so it gets slower as the sequence grows; on the 100M
 model it is timed over its first --naive-tokens tokens only, which flatters it. The last line is
 `speedup_vs_hf_generate: <x>` for the ~100M model.
@@ -85,6 +86,22 @@ def bench(m, tok, prompts, new_tokens, naive_tokens, device):
 
 # -----------------------------------------------------------------------------
 # --model DIR: a real model, tool calls in the rollouts, three engines, weight sync, an RL iteration
+
+def sampling_speed(device, rows=250, vocabs=(1602, 49152), reps=20):
+    """ms per sampling step of `rows` rows, T = 1: torch.multinomial (an exponential per vocabulary entry)
+    vs model.sample_token (inverse CDF: one uniform per row)."""
+    out = []
+    for vocab in vocabs:
+        logits = torch.randn(rows, vocab, device=device) * 3
+        gen = torch.Generator(device=device).manual_seed(0)
+        mult = lambda: torch.multinomial(logits.softmax(-1), 1, generator=gen)
+        cdf = lambda: M.sample_token(logits, 1.0, 0, 1.0, gen)  # + the logprobs the sampler records
+        mult(), cdf()  # warm-up
+        t_mult = timed(lambda: [mult() for _ in range(reps)], device)[1]
+        t_cdf = timed(lambda: [cdf() for _ in range(reps)], device)[1]
+        out.append((vocab, 1e3 * t_mult / reps, 1e3 * t_cdf / reps))
+    return out
+
 
 def tool_prefix(tok, problem):
     """A response start with one line of code on the problem's first two numbers: the model closes the
@@ -196,6 +213,9 @@ def main():
         n_params = sum(x.numel() for x in m.parameters()) / 1e6
         ours, hf, naive = bench(m, tok, prompts, args.new_tokens, naive_tokens, args.device)
         rows.append((name, n_params, ours, hf, naive))
+    for vocab, t_mult, t_cdf in sampling_speed(args.device):
+        print(f"sampling 250 rows x {vocab} tokens: torch.multinomial {t_mult:.2f} ms, sample_token {t_cdf:.2f} ms "
+              f"({t_mult / t_cdf:.1f}x)")
     print(f"device {args.device}, batch {args.batch}, {args.new_tokens} new tokens, greedy; tokens/s")
     print(f"{'model':<6}{'params':>9}{'ours':>10}{'hf_generate':>13}{'no_cache':>10}{'vs_hf':>8}{'vs_no_cache':>13}")
     for name, n_params, ours, hf, naive in rows:
