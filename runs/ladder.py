@@ -152,6 +152,11 @@ def rl_stage(d, name, start, s, args, *flags):
                                          "--iterations", str(args.rl_iterations), "--eval-every", "0", *q, *args.rl_args])
 
 
+def row_job(d, row, model, extra, s, args, test):
+    """An inference row (predict) as a job."""
+    return lambda threads: predict(d, row, model, extra, s, args, test, threads)
+
+
 def seed_jobs(s, args, test, sft_data, cot):
     """One seed's jobs: T3 = the TIRGen cold start from the base model; T4 and T5 = RL from T3 with the
     same seed and budget, without and with the step level; an inference row (infer.py + eval.py) for
@@ -159,7 +164,7 @@ def seed_jobs(s, args, test, sft_data, cot):
     d = os.path.join(args.out, f"s{s}")
     os.makedirs(d, exist_ok=True)
     j = lambda *p: os.path.join(d, *p)
-    row = lambda name, model, extra: lambda threads: predict(d, name, model, extra, s, args, test, threads)
+    row = lambda name, model, extra: row_job(d, name, model, extra, s, args, test)
     return {f"sft/{s}": (["cot", "tirgen"], stage(j("sft"), ["sft.py", "--data", sft_data, "--model", cot, "--out", j("sft"),
                                                             "--seed", str(s), "--max-steps", str(args.sft_steps), "--eval-n", "0",
                                                             *(QUICK["sft"] if args.quick else [])])),
@@ -353,9 +358,9 @@ def main(argv=None):
             # T1 is one model: sampled once (the first seed), shared by the seeds. So is T2, RL without
             # tools: its accuracy cannot move off T1's (a 1,000-problem run: 0.4% in every seed, -0.3/-0.4/-0.4
             # points from T1), so more seeds of it would only cost time.
-            "T1": (["cot"], lambda threads: predict(args.out, "T1", cot, NO_TOOLS, seeds[0], args, test, threads)),
+            "T1": (["cot"], row_job(args.out, "T1", cot, NO_TOOLS, seeds[0], args, test)),
             "t2": (["cot"], rl_stage(args.out, "t2", cot, seeds[0], args, "--no-tools")),
-            "T2": (["t2"], lambda threads: predict(args.out, "T2", os.path.join(args.out, "t2"), NO_TOOLS, seeds[0], args, test, threads))}
+            "T2": (["t2"], row_job(args.out, "T2", os.path.join(args.out, "t2"), NO_TOOLS, seeds[0], args, test))}
     for s in seeds:
         jobs.update(seed_jobs(s, args, test, sft_data, cot))
     print(f"{len(jobs)} stages, {args.jobs} at a time; logs in {args.out}/ and {args.out}/s<seed>/")
