@@ -3,6 +3,7 @@ runs/ladder.py: the whole THOR pipeline on the embedded toy default, ending in t
 the paper's Table 3 ablation ladder (T1-T6), every step a paired difference with a 95% interval.
 
     python runs/ladder.py                       # 3 seeds on 2 CPU cores (see the README for the time)
+    python runs/ladder.py --one-cold-start --rl-iterations 8 --test-n 250   # quicker, see the README
     python runs/ladder.py --seeds 0 --quick     # tiny sizes, a smoke test of the wiring (pytest runs it)
     python runs/ladder.py --out out/ladder-a001 --rl-args='--nll-alpha 0.01'   # an RL ablation, same seeds
 
@@ -13,11 +14,12 @@ Every stage is its own process and stages pass files, nothing else:
     tirgen.py                  -> out/ladder/toy_sft.jsonl   toy actor-critic data + filters (once)
     rl.py --no-tools           -> out/ladder/t2/         T2: CoT-RL from the base model, no tool execution (once)
     per seed s, in out/ladder/s<s>/:
-      sft.py                   -> sft/                   T3: TIRGen cold start from the base model
-      rl.py --no-step-level    -> t4/                    T4: + episode-level RL
+      sft.py                   -> sft/                   T3: TIRGen cold start from the base model (with
+                                                         --one-cold-start: once, in out/ladder/sft/)
+      rl.py --no-step-level    -> t4/                    T4: + episode-level RL from T3
       rl.py                    -> t5/                    T5: + step-level RL (same seed, same budget)
     infer.py on the held-out toy problems (the first --test-n of data/toy_test1000.jsonl), one predictions
-      file per row and temperature: T3 sft/; T4 t4/; T5 t5/ (no self-correction); T6 t5/ with
+      file per row and temperature: T3 the cold start; T4 t4/; T5 t5/ (no self-correction); T6 t5/ with
       self-correction (N_corr 4); and once, in out/ladder/: T1 cot/ and T2 t2/, without tool execution
     eval.py --predictions      -> <row>@<T>/report.json  accuracy, tool-call success, calls, tokens
 The stages run --jobs (2) at a time, each as soon as the stages it reads from are done (`schedule`).
@@ -26,7 +28,9 @@ record per seed, row and temperature), times.jsonl beside each log (every stage'
 rerun skips the stages whose output exists; --fresh starts over.
 
 The seeds vary T3-T6's training and sampling; the base models, T2 and the TIRGen data are shared, like
-a base checkpoint and a dataset in the paper. 95% intervals: a paired two-level bootstrap, seeds drawn
+a base checkpoint and a dataset in the paper. --one-cold-start shares T3's model too (the paper has one
+T3; the seeds then vary RL and sampling), so the intervals no longer cover the SFT seed, which moved
+T3 by up to 22 points. 95% intervals: a paired two-level bootstrap, seeds drawn
 with replacement and then problems with replacement within each drawn seed, the same problems for both
 rows of a difference (so it covers the training-seed spread as well as the test-set noise; with 3 seeds
 the seed level is coarse, so every seed's own difference is listed too). Accuracy is averaged over all
@@ -157,23 +161,32 @@ def row_job(d, row, model, extra, s, args, test):
     return lambda threads: predict(d, row, model, extra, s, args, test, threads)
 
 
-def seed_jobs(s, args, test, sft_data, cot):
-    """One seed's jobs: T3 = the TIRGen cold start from the base model; T4 and T5 = RL from T3 with the
-    same seed and budget, without and with the step level; an inference row (infer.py + eval.py) for
-    each, T6 = T5's model with self-correction."""
+def sft_stage(out, data, start, s, steps, args):
+    """sft.py from the model dir `start` on `data` into `out`, as a job."""
+    return stage(out, ["sft.py", "--data", data, "--model", start, "--out", out, "--seed", str(s), "--max-steps", str(steps),
+                       "--eval-n", "0", *(QUICK["sft"] if args.quick else [])])
+
+
+def seed_jobs(s, args, test, sft):
+    """One seed's jobs: T4 and T5 = RL from the cold start `sft` with the same seed and budget, without
+    and with the step level; an inference row (infer.py + eval.py) for each, T3 = the cold start's
+    model, T6 = T5's model with self-correction. Each seed trains its own cold start (T3), unless
+    --one-cold-start gives them `sft`."""
     d = os.path.join(args.out, f"s{s}")
     os.makedirs(d, exist_ok=True)
     j = lambda *p: os.path.join(d, *p)
     row = lambda name, model, extra: row_job(d, name, model, extra, s, args, test)
-    return {f"sft/{s}": (["cot", "tirgen"], stage(j("sft"), ["sft.py", "--data", sft_data, "--model", cot, "--out", j("sft"),
-                                                            "--seed", str(s), "--max-steps", str(args.sft_steps), "--eval-n", "0",
-                                                            *(QUICK["sft"] if args.quick else [])])),
-            f"t4/{s}": ([f"sft/{s}"], rl_stage(d, "t4", j("sft"), s, args, "--no-step-level")),
-            f"t5/{s}": ([f"sft/{s}"], rl_stage(d, "t5", j("sft"), s, args)),
-            f"T3/{s}": ([f"sft/{s}"], row("T3", j("sft"), NO_SC)),
-            f"T4/{s}": ([f"t4/{s}"], row("T4", j("t4"), NO_SC)),
-            f"T5/{s}": ([f"t5/{s}"], row("T5", j("t5"), NO_SC)),
-            f"T6/{s}": ([f"t5/{s}"], row("T6", j("t5"), ["--n-corr", "4"]))}
+    cold, jobs = "sft", {}
+    if not args.one_cold_start:
+        sft, cold = j("sft"), f"sft/{s}"
+        jobs[cold] = (["cot", "tirgen"], sft_stage(sft, os.path.join(args.out, "toy_sft.jsonl"), os.path.join(args.out, "cot"),
+                                                   s, args.sft_steps, args))
+    return jobs | {f"t4/{s}": ([cold], rl_stage(d, "t4", sft, s, args, "--no-step-level")),
+                   f"t5/{s}": ([cold], rl_stage(d, "t5", sft, s, args)),
+                   f"T3/{s}": ([cold], row("T3", sft, NO_SC)),
+                   f"T4/{s}": ([f"t4/{s}"], row("T4", j("t4"), NO_SC)),
+                   f"T5/{s}": ([f"t5/{s}"], row("T5", j("t5"), NO_SC)),
+                   f"T6/{s}": ([f"t5/{s}"], row("T6", j("t5"), ["--n-corr", "4"]))}
 
 # -----------------------------------------------------------------------------
 # Paired two-level bootstrap
@@ -307,38 +320,8 @@ def chart(results, seeds, temps, path):
     fig.savefig(path, dpi=120)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (the issue asks for >= 3)")
-    p.add_argument("--jobs", type=int, default=2, help="stages run at the same time, one CPU thread each (the cores)")
-    p.add_argument("--out", default="out/ladder")
-    p.add_argument("--tiny", default="out/tiny", help="the tiny copy model dir (built if missing)")
-    p.add_argument("--test-n", type=int, default=500, help="held-out toy problems scored per row (data/toy_test1000.jsonl)")
-    p.add_argument("--cot-steps", type=int, default=250, help="SFT steps of the CoT base model")
-    p.add_argument("--sft-steps", type=int, default=250, help="SFT steps of each TIRGen cold start")
-    p.add_argument("--rl-iterations", type=int, default=12, help="RL iterations for T2, T4 and T5")
-    p.add_argument("--rl-args", default="", help="more rl.py flags for T2, T4 and T5, one string: an RL ablation, "
-                   "e.g. --out out/ladder-a001 --rl-args='--nll-alpha 0.01'")
-    p.add_argument("--temperatures", default="0.6", help="sampling temperatures of the inference rows, comma-separated "
-                   "(paper: 0.6; RL samples at 1.0)")
-    p.add_argument("--max-new-tokens", type=int, default=160, help="response budget at inference (RL's toy budget)")
-    p.add_argument("--batch", type=int, default=250, help="problems per infer.py sampler call")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the wiring, not the method")
-    p.add_argument("--fresh", action="store_true", help="delete --out first (the copy model --tiny stays)")
-    args = p.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    args.temperatures = [float(t) for t in args.temperatures.split(",")]
-    args.rl_args = shlex.split(args.rl_args)
-    if args.quick:
-        args.max_new_tokens = QUICK["infer_tokens"]
-    args.out, args.tiny = (os.path.abspath(x) for x in (args.out, args.tiny))
-    if args.fresh:
-        shutil.rmtree(args.out, ignore_errors=True)
-    os.makedirs(args.out, exist_ok=True)
-    t0 = time.time()
-    n_train = 64 if args.quick else None
-    train, cot_data = head("toy_train.jsonl", n_train, args.out), head("toy_cot.jsonl", n_train, args.out)
-    test = head("toy_test1000.jsonl", args.test_n, args.out)
+def pipeline(args, train, cot_data, test):
+    """Every stage of the ladder as a job for `schedule`: {name: (names it waits for, fn(threads))}."""
     sft_data, cot = os.path.join(args.out, "toy_sft.jsonl"), os.path.join(args.out, "cot")
 
     def tiny(threads):  # all but TIRGen (a minute) wait for the copy model: it takes every core
@@ -351,18 +334,65 @@ def main(argv=None):
             run(["tirgen.py", "--data", train, "--trajectories", os.path.join(args.out, "toy_trajectories.jsonl"),
                  "--out", sft_data], os.path.join(args.out, "tirgen.log"), threads)
 
+    # --one-cold-start: T1 and T2 wait for it, so that it runs alone on both cores.
+    sft, first = os.path.join(args.out, "sft"), "sft" if args.one_cold_start else "cot"
     jobs = {"tiny": ([], tiny), "tirgen": ([], tirgen),
-            "cot": (["tiny"], stage(cot, ["sft.py", "--data", cot_data, "--model", args.tiny, "--out", cot, "--seed", "0",
-                                          "--max-steps", str(args.cot_steps), "--eval-n", "0",
-                                          *(QUICK["sft"] if args.quick else [])])),
-            # T1 is one model: sampled once (the first seed), shared by the seeds. So is T2, RL without
-            # tools: its accuracy cannot move off T1's (a 1,000-problem run: 0.4% in every seed, -0.3/-0.4/-0.4
-            # points from T1), so more seeds of it would only cost time.
-            "T1": (["cot"], row_job(args.out, "T1", cot, NO_TOOLS, seeds[0], args, test)),
-            "t2": (["cot"], rl_stage(args.out, "t2", cot, seeds[0], args, "--no-tools")),
-            "T2": (["t2"], row_job(args.out, "T2", os.path.join(args.out, "t2"), NO_TOOLS, seeds[0], args, test))}
-    for s in seeds:
-        jobs.update(seed_jobs(s, args, test, sft_data, cot))
+            "cot": (["tiny"], sft_stage(cot, cot_data, args.tiny, 0, args.cot_steps, args))}
+    if args.one_cold_start:
+        jobs["sft"] = (["cot", "tirgen"], sft_stage(sft, sft_data, cot, args.seeds[0], args.sft_steps, args))
+    # T1 is one model: sampled once (the first seed), shared by the seeds. So is T2, RL without tools:
+    # its accuracy cannot move off T1's (a 1,000-problem run: 0.4% in every seed, -0.3/-0.4/-0.4 points
+    # from T1), so more seeds of it would only cost time.
+    s0 = args.seeds[0]
+    jobs |= {"T1": ([first], row_job(args.out, "T1", cot, NO_TOOLS, s0, args, test)),
+             "t2": ([first], rl_stage(args.out, "t2", cot, s0, args, "--no-tools")),
+             "T2": (["t2"], row_job(args.out, "T2", os.path.join(args.out, "t2"), NO_TOOLS, s0, args, test))}
+    for s in args.seeds:
+        jobs.update(seed_jobs(s, args, test, sft))
+    return jobs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (the issue asks for >= 3)")
+    p.add_argument("--jobs", type=int, default=2, help="stages run at the same time, one CPU thread each (the cores)")
+    p.add_argument("--out", default="out/ladder")
+    p.add_argument("--tiny", default="out/tiny", help="the tiny copy model dir (built if missing)")
+    p.add_argument("--test-n", type=int, default=500, help="held-out toy problems scored per row (data/toy_test1000.jsonl)")
+    p.add_argument("--cot-steps", type=int, default=250, help="SFT steps of the CoT base model")
+    p.add_argument("--sft-steps", type=int, default=250, help="SFT steps of each TIRGen cold start")
+    p.add_argument("--one-cold-start", action="store_true", help="one cold start for all seeds (the paper's one T3): "
+                   "faster, but the intervals no longer cover the SFT seed")
+    p.add_argument("--rl-iterations", type=int, default=12, help="RL iterations for T2, T4 and T5")
+    p.add_argument("--rl-args", default="", help="more rl.py flags for T2, T4 and T5, one string: an RL ablation, "
+                   "e.g. --out out/ladder-a001 --rl-args='--nll-alpha 0.01'")
+    p.add_argument("--temperatures", default="0.6", help="sampling temperatures of the inference rows, comma-separated "
+                   "(paper: 0.6; RL samples at 1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=160, help="response budget at inference (RL's toy budget)")
+    p.add_argument("--batch", type=int, default=250, help="problems per infer.py sampler call")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the wiring, not the method")
+    p.add_argument("--fresh", action="store_true", help="delete --out first (the copy model --tiny stays)")
+    args = p.parse_args(argv)
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.temperatures = [float(t) for t in args.temperatures.split(",")]
+    args.rl_args = shlex.split(args.rl_args)
+    if args.quick:
+        args.max_new_tokens = QUICK["infer_tokens"]
+    args.out, args.tiny = (os.path.abspath(x) for x in (args.out, args.tiny))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    seeds = args.seeds
+    if args.fresh:
+        shutil.rmtree(args.out, ignore_errors=True)
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.time()
+    n_train = 64 if args.quick else None
+    train, cot_data = head("toy_train.jsonl", n_train, args.out), head("toy_cot.jsonl", n_train, args.out)
+    test = head("toy_test1000.jsonl", args.test_n, args.out)
+    jobs = pipeline(args, train, cot_data, test)
     print(f"{len(jobs)} stages, {args.jobs} at a time; logs in {args.out}/ and {args.out}/s<seed>/")
     schedule(jobs, args.jobs)
     shared = scores(args.out, "T1", args) | scores(args.out, "T2", args)

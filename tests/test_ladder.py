@@ -67,3 +67,27 @@ def test_quick_pipeline_writes_every_row(tmp_path):
     assert ladder.main(["--seeds", "0", "--quick", "--test-n", "6", "--out", str(out),
                         "--tiny", str(tmp_path / "tiny"), "--temperatures", "0.6,1.0"]) == results
     assert len(open(out / "s0" / "times.jsonl").readlines()) == len(stages)
+
+
+@pytest.mark.parametrize("one", [False, True])
+def test_cold_start_per_seed_or_shared(tmp_path, monkeypatch, one):
+    """The stage commands, recorded instead of run: by default every seed trains its own cold start and
+    its RL and T3 row start from it; --one-cold-start trains one, which every seed starts from."""
+    cmds = []
+    monkeypatch.setattr(ladder, "run", lambda cmd, log, threads=1: cmds.append(cmd))
+    args = ladder.parse_args(["--out", str(tmp_path)] + ["--one-cold-start"] * one)
+    jobs = ladder.pipeline(args, "train.jsonl", "cot.jsonl", "test.jsonl")
+    ladder.schedule(jobs, 2)
+    flag = lambda cmd, name: cmd[cmd.index(name) + 1]
+    cold = [c for c in cmds if c[0] == "sft.py" and flag(c, "--data").endswith("toy_sft.jsonl")]
+    own = {s: str(tmp_path / "sft") if one else str(tmp_path / f"s{s}" / "sft") for s in (0, 1, 2)}
+    assert sorted(flag(c, "--out") for c in cold) == sorted(set(own.values()))
+    assert all(flag(c, "--model") == str(tmp_path / "cot") for c in cold)
+    for s in (0, 1, 2):
+        rl = [c for c in cmds if c[0] == "rl.py" and flag(c, "--seed") == str(s) and "--no-tools" not in c]
+        t3 = [c for c in cmds if c[0] == "infer.py" and flag(c, "--out").endswith(f"s{s}/T3@0.6.jsonl")]
+        assert len(rl) == 2 and len(t3) == 1
+        assert {flag(c, "--model") for c in rl + t3} == {own[s]}
+    for d in set(own.values()):  # each cold start ran before every command that loads it
+        trained = next(i for i, c in enumerate(cmds) if c in cold and flag(c, "--out") == d)
+        assert trained < min(i for i, c in enumerate(cmds) if "--model" in c and flag(c, "--model") == d)
