@@ -167,26 +167,20 @@ def sft_stage(out, data, start, s, steps, args):
                        "--eval-n", "0", *(QUICK["sft"] if args.quick else [])])
 
 
-def seed_jobs(s, args, test, sft):
-    """One seed's jobs: T4 and T5 = RL from the cold start `sft` with the same seed and budget, without
-    and with the step level; an inference row (infer.py + eval.py) for each, T3 = the cold start's
-    model, T6 = T5's model with self-correction. Each seed trains its own cold start (T3), unless
-    --one-cold-start gives them `sft`."""
+def seed_jobs(s, args, test, cold, sft):
+    """One seed's jobs: T4 and T5 = RL from the cold start `sft` (the job `cold`) with the same seed and
+    budget, without and with the step level; an inference row (infer.py + eval.py) for each, T3 = the
+    cold start's model, T6 = T5's model with self-correction."""
     d = os.path.join(args.out, f"s{s}")
     os.makedirs(d, exist_ok=True)
     j = lambda *p: os.path.join(d, *p)
     row = lambda name, model, extra: row_job(d, name, model, extra, s, args, test)
-    cold, jobs = "sft", {}
-    if not args.one_cold_start:
-        sft, cold = j("sft"), f"sft/{s}"
-        jobs[cold] = (["cot", "tirgen"], sft_stage(sft, os.path.join(args.out, "toy_sft.jsonl"), os.path.join(args.out, "cot"),
-                                                   s, args.sft_steps, args))
-    return jobs | {f"t4/{s}": ([cold], rl_stage(d, "t4", sft, s, args, "--no-step-level")),
-                   f"t5/{s}": ([cold], rl_stage(d, "t5", sft, s, args)),
-                   f"T3/{s}": ([cold], row("T3", sft, NO_SC)),
-                   f"T4/{s}": ([f"t4/{s}"], row("T4", j("t4"), NO_SC)),
-                   f"T5/{s}": ([f"t5/{s}"], row("T5", j("t5"), NO_SC)),
-                   f"T6/{s}": ([f"t5/{s}"], row("T6", j("t5"), ["--n-corr", "4"]))}
+    return {f"t4/{s}": ([cold], rl_stage(d, "t4", sft, s, args, "--no-step-level")),
+            f"t5/{s}": ([cold], rl_stage(d, "t5", sft, s, args)),
+            f"T3/{s}": ([cold], row("T3", sft, NO_SC)),
+            f"T4/{s}": ([f"t4/{s}"], row("T4", j("t4"), NO_SC)),
+            f"T5/{s}": ([f"t5/{s}"], row("T5", j("t5"), NO_SC)),
+            f"T6/{s}": ([f"t5/{s}"], row("T6", j("t5"), ["--n-corr", "4"]))}
 
 # -----------------------------------------------------------------------------
 # Paired two-level bootstrap
@@ -334,21 +328,23 @@ def pipeline(args, train, cot_data, test):
             run(["tirgen.py", "--data", train, "--trajectories", os.path.join(args.out, "toy_trajectories.jsonl"),
                  "--out", sft_data], os.path.join(args.out, "tirgen.log"), threads)
 
-    # --one-cold-start: T1 and T2 wait for it, so that it runs alone on both cores.
-    sft, first = os.path.join(args.out, "sft"), "sft" if args.one_cold_start else "cot"
     jobs = {"tiny": ([], tiny), "tirgen": ([], tirgen),
             "cot": (["tiny"], sft_stage(cot, cot_data, args.tiny, 0, args.cot_steps, args))}
-    if args.one_cold_start:
-        jobs["sft"] = (["cot", "tirgen"], sft_stage(sft, sft_data, cot, args.seeds[0], args.sft_steps, args))
+    # T3: each seed's own cold start, or with --one-cold-start the first seed's for all (T1 and T2 then
+    # wait for it, so that it runs alone on both cores).
+    colds = {s: ("sft", os.path.join(args.out, "sft")) if args.one_cold_start else
+             (f"sft/{s}", os.path.join(args.out, f"s{s}", "sft")) for s in args.seeds}
+    for s, (name, sft) in colds.items():
+        jobs.setdefault(name, (["cot", "tirgen"], sft_stage(sft, sft_data, cot, s, args.sft_steps, args)))
     # T1 is one model: sampled once (the first seed), shared by the seeds. So is T2, RL without tools:
     # its accuracy cannot move off T1's (a 1,000-problem run: 0.4% in every seed, -0.3/-0.4/-0.4 points
     # from T1), so more seeds of it would only cost time.
-    s0 = args.seeds[0]
+    s0, first = args.seeds[0], "sft" if args.one_cold_start else "cot"
     jobs |= {"T1": ([first], row_job(args.out, "T1", cot, NO_TOOLS, s0, args, test)),
              "t2": ([first], rl_stage(args.out, "t2", cot, s0, args, "--no-tools")),
              "T2": (["t2"], row_job(args.out, "T2", os.path.join(args.out, "t2"), NO_TOOLS, s0, args, test))}
     for s in args.seeds:
-        jobs.update(seed_jobs(s, args, test, sft))
+        jobs.update(seed_jobs(s, args, test, *colds[s]))
     return jobs
 
 
