@@ -84,9 +84,6 @@ def bench(m, tok, prompts, new_tokens, naive_tokens, device):
     return B * new_tokens / t_ours, B * new_tokens / t_hf, B * naive_tokens / t_naive
 
 
-# -----------------------------------------------------------------------------
-# --model DIR: a real model, tool calls in the rollouts, three engines, weight sync, an RL iteration
-
 def sampling_speed(device, rows=250, vocabs=(1602, 49152), reps=20):
     """ms per sampling step of `rows` rows, T = 1: torch.multinomial (an exponential per vocabulary entry)
     vs model.sample_token (inverse CDF: one uniform per row)."""
@@ -102,6 +99,9 @@ def sampling_speed(device, rows=250, vocabs=(1602, 49152), reps=20):
         out.append((vocab, 1e3 * t_mult / reps, 1e3 * t_cdf / reps))
     return out
 
+
+# -----------------------------------------------------------------------------
+# --model DIR: a real model, tool calls in the rollouts, three engines, weight sync, an RL iteration
 
 def tool_prefix(tok, problem):
     """A response start with one line of code on the problem's first two numbers: the model closes the
