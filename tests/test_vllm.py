@@ -46,7 +46,6 @@ def test_weight_sync_after_an_update(tiny_dir, sandbox, engine):
     m.eval()
     new = [r.response_ids for r in greedy(m, tok, sandbox)]
     assert new != old, "the update did not change greedy decoding: the test could not fail"
-    engine.sleep()  # what rl.py does around an update (no-ops on a CPU)
-    engine.wake()
-    assert engine.sync_weights(m.state_dict().items()) == len(m.state_dict())
+    engine.sleep()  # what rl.py does around an update (sleep and wake are no-ops on a CPU)
+    assert engine.wake_and_sync(m.state_dict().items()) == len(m.state_dict())
     assert [r.response_ids for r in greedy(engine, tok, sandbox)] == new
