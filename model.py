@@ -123,11 +123,14 @@ def save(model, tok, path, dtype=None):
         state = {name: t.cpu() for name, t in full_params(model, dtype) if rank0}
         if not rank0:
             return
-    if dtype is not None:
-        model.config.dtype = dtype
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path, state_dict=state)
     tok.save_pretrained(path)
+    if dtype is not None:  # save_pretrained writes the dtype of the model's parameters, not of `state`
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f)
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(dict(cfg, dtype=str(dtype).removeprefix("torch.")), f, indent=2, sort_keys=True)
 
 
 def saved_dtype(path):
@@ -884,7 +887,7 @@ RESERVE = 4 * GiB  # CUDA context, NCCL buffers, a sleeping vLLM, allocator slac
 
 
 def memory_plan(model_dir, nproc, seq, micro_batch, grad_ckpt=False, cpu_offload=False, engine=None,
-                vllm_memory=0.5, rollout_rows=0, gpu_gib=80.0):
+                vllm_memory=0.5, rollout_rows=0, gpu_gib=80.0, kl=False):
     """{rows: [(item, bytes, note)], update, rollout (phase totals), P, kv_cache, summary}, per GPU."""
     from transformers import AutoConfig, AutoModelForCausalLM
     if not os.path.exists(os.path.join(model_dir, "config.json")):
@@ -894,23 +897,36 @@ def memory_plan(model_dir, nproc, seq, micro_batch, grad_ckpt=False, cpu_offload
         m = AutoModelForCausalLM.from_config(cfg)
     layers = decoder_layers(m)
     L, P, P_layer = len(layers), sum(p.numel() for p in m.parameters()), sum(p.numel() for p in layers[0].parameters())
+    P_root = P - L * P_layer  # the root unit: embeddings, final norm, lm_head
     h, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     hd = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
     q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
     per_layer = 16 * h + 4 * q + 4 * kv + 8 * I + (6 * q + 6 * kv if hasattr(layers[0].self_attn, "q_norm") else 0)
     T, shard_ = micro_batch * seq, 0 if cpu_offload else P / nproc
     act = {False: T * L * per_layer, True: T * (L * 2 * h + per_layer)}
+    sliced = 12 * V * micro_batch * min(seq, LOGPROB_CHUNK)
     rows = [("parameters, fp32 shard", 4 * shard_, "master weights, 4P/N" + (" (--cpu-offload: host memory)" if cpu_offload else "")),
             ("gradients, fp32 shard", 4 * shard_, "4P/N, freed before the rollouts"),
             ("AdamW moments, fp32 shards", 8 * shard_, "8P/N"),
-            ("gathered bf16 weights + gradients", 4 * (P - L * P_layer) + 6 * P_layer, "embeddings/lm_head, 2 layers in flight"),
+            ("gathered bf16 weights + gradients", 4 * P_root + 6 * P_layer, "embeddings/lm_head, 2 layers in flight"),
+            # FSDP2 casts an unsharded bf16 gradient to reduce_dtype (fp32) before its reduce-scatter: up to two
+            # layers' in flight during backward, the root's (embeddings + lm_head) alone at its end
+            ("fp32 reduce-scatter buffers", 4 * max(2 * P_layer, P_root), "gradients cast for the reduce-scatter: "
+             "the root's, or 2 layers'"),
             ("activations" + (", checkpointed" if grad_ckpt else ""), act[grad_ckpt],
              f"{micro_batch} x {seq} tokens; {'without' if grad_ckpt else 'with'} checkpointing {act[not grad_ckpt] / GiB:.1f} GiB"),
-            ("logits", 12 * V * T, "fp32 log-softmax + its gradient: 12 bytes x vocab x tokens"),
+            ("logits, one slice", sliced, f"fp32 log-softmax + gradient of {min(seq, LOGPROB_CHUNK)} positions (logprobs' "
+             f"chunk); whole: {12 * V * T / GiB:.1f} GiB"),
             ("CUDA context, NCCL, allocator", RESERVE, "assumed")]
-    plan = dict(rows=rows, update=sum(r[1] for r in rows), rollout=None, P=P, kv_cache=None,
+    if kl:  # the frozen reference: its own fp32 shards, and one unit gathered in bf16 during its forward
+        rows.insert(3, ("--kl reference, fp32 shard + gathered", 4 * shard_ + 2 * max(P_root, P_layer),
+                        "4P/N, and its largest unit in bf16"))
+    n_update = len(rows)
+    plan = dict(rows=rows, update=sum(r[1] for r in rows), rollout=None, P=P, kv_cache=None, n_update=n_update,
                 summary=f"{type(m).__name__}, {P / 1e9:.2f}B parameters, {L} layers, vocab {V}")
-    resident, kv_token = 12 * shard_ + RESERVE, 2 * L * kv * 2  # no gradients between updates; K and V, bf16
+    # Between updates: the shards, AdamW's state and (--kl) the reference's shards; no gradients. PyTorch's
+    # allocator would also keep the update's peak cached, but VLLM.wake_and_sync releases it first.
+    resident, kv_token = (12 + 4 * kl) * shard_ + RESERVE, 2 * L * kv * 2  # K and V, bf16
     if engine == "vllm":
         share = vllm_memory * gpu_gib * GiB
         plan["kv_cache"] = cache = share - 2 * P - 2 * GiB  # minus its bf16 weights and ~2 GiB working memory (assumed)
@@ -933,13 +949,13 @@ def print_plan(model_dir, nproc, gpu_gib, **kw):
     print(f"  {'update phase':<36} {plan['update'] / GiB:6.1f} GiB")
     if plan["rollout"] is not None:
         print(f"  {'rollout phase':<36} {plan['rollout'] / GiB:6.1f} GiB  (fp32 shards + AdamW state stay resident)")
-    print(f"  host memory: {nproc} x {4 * plan['P'] / GiB:.0f} GiB while the ranks load the fp32 model, "
-          f"{12 * plan['P'] / GiB:.0f} GiB on rank 0 while it saves a checkpoint")
+    print(f"  host memory: {4 * plan['P'] / GiB:.0f} GiB on rank 0 while it reads the fp32 model (load_sharded); "
+          f"checkpoints are written as shards by every rank")
     if plan["kv_cache"] is not None and plan["kv_cache"] <= 0:
         return f"does not fit: --vllm-gpu-memory {kw['vllm_memory']} leaves vLLM no room for a KV cache after its weights"
     for phase in ("update", "rollout"):
         if plan[phase] is not None and plan[phase] > gpu_gib * GiB:
-            item, b, _ = max(plan["rows"][:7] if phase == "update" else plan["rows"], key=lambda r: r[1])
+            item, b, _ = max(plan["rows"][:plan["n_update"]] if phase == "update" else plan["rows"], key=lambda r: r[1])
             return (f"does not fit: the {phase} phase needs {plan[phase] / GiB:.1f} GiB per GPU, over --gpu-memory "
                     f"{gpu_gib:g} (largest item: {item}, {b / GiB:.1f} GiB)")
     print("fits")

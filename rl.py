@@ -473,7 +473,7 @@ def main(argv=None):
         raise SystemExit(model.print_plan(args.model, args.nproc, args.gpu_memory, seq=512 + args.max_new_tokens,
                                           micro_batch=args.micro_batch, grad_ckpt=args.grad_checkpointing,
                                           cpu_offload=args.cpu_offload, engine=args.engine,
-                                          vllm_memory=args.vllm_gpu_memory, rollout_rows=rows))
+                                          vllm_memory=args.vllm_gpu_memory, rollout_rows=rows, kl=args.kl > 0))
     owns_group = not dist.is_initialized()
     _, _, dev = model.init_dist()  # torchrun: one process per GPU (or gloo processes on CPU); else a 1-rank group
     if args.threads:

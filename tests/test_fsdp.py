@@ -72,6 +72,7 @@ tiny, data, out = sys.argv[1:4]
 args = lambda name, *extra: test_fsdp.sft_args(tiny, data, os.path.join(out, name), *extra)
 m, _ = sft.main(args("a", "--max-steps", "3"))                     # 3 steps straight
 full = dict(model.full_params(m))
+model.save(m, _tok := model.load(tiny)[1], os.path.join(out, "bf16"), dtype=torch.bfloat16)  # a bf16 export
 ids = torch.tensor([[5, 17, 99, 3, 250, 7, 42, 11]])
 logits = m(input_ids=ids).logits.detach()                          # the sharded model's logits (a collective)
 sft.main(args("b", "--max-steps", "2"))                             # 2 steps, then --resume for the 3rd
@@ -202,3 +203,73 @@ def test_plan_fits_and_does_not_fit(capsys):
     assert reason.startswith("does not fit: the update phase needs") and "--gpu-memory 24" in reason
     with pytest.raises(SystemExit, match="config.json not found"):
         sft.main(["--plan", "--model", os.path.join(CONFIGS, "no-such-model")])
+
+
+def test_sharded_checkpoint_resumes_on_another_number_of_ranks(two_ranks, tiny_dir, one_process):
+    """The state 2 ranks wrote as shards (torch.distributed.checkpoint), loaded by 1 process: the same
+    weights bit for bit, and AdamW's state after the 3 steps."""
+    out, _, (r0, _) = two_ranks
+    m, _ = model.load_sharded(tiny_dir, one_process)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    meta = model.load_state(m, opt, os.path.join(out, "a", sft.STATE))
+    assert meta["step"] == 3 and meta["world"] == 2
+    loaded = dict(model.full_params(m))
+    assert loaded.keys() == r0["sft"].keys() and all(torch.equal(loaded[k], r0["sft"][k]) for k in loaded)
+    steps = {float(s["step"]) for s in opt.state.values()}
+    assert steps == {3.0} and all(s["exp_avg_sq"].to_local().abs().sum() > 0 for s in opt.state.values())
+
+
+def test_bf16_export_loads_in_transformers_with_the_same_greedy_tokens(two_ranks, tiny_dir):
+    """model.save(dtype=bf16) from 2 ranks' shards: a model dir that transformers loads as bf16, equal to the
+    trained weights rounded to bf16, tied embeddings kept, and the same greedy tokens as those weights."""
+    from transformers import AutoModelForCausalLM
+    out, _, (r0, _) = two_ranks
+    exported = AutoModelForCausalLM.from_pretrained(os.path.join(out, "bf16"), dtype="auto")  # config.json's dtype
+    assert exported.dtype == torch.bfloat16 and exported.config.tie_word_embeddings
+    assert exported.lm_head.weight.data_ptr() == exported.model.embed_tokens.weight.data_ptr()
+    params = dict(exported.named_parameters())
+    assert params.keys() == r0["sft"].keys() and all(torch.equal(params[k], r0["sft"][k].bfloat16()) for k in params)
+    ref = model.load(tiny_dir)[0]
+    model.copy_params(ref, r0["sft"].items())
+    ref = ref.bfloat16()
+    ids = torch.tensor([[5, 17, 99, 3, 250, 7, 42, 11]])
+    greedy = lambda m: m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+    assert torch.equal(greedy(exported), greedy(ref))
+
+
+def test_thinking_8b_update_phase_fits_45_gib(capsys):
+    """runs/recipes/thinking_8b.sh's RL flags on 8 x 79 GiB: with chunked logprobs the update phase stays
+    under 45 GiB (the whole fp32 logits alone took 28.7 GiB)."""
+    with pytest.raises(SystemExit) as e:
+        rl.main(["--plan", "--model", os.path.join(CONFIGS, "Qwen3-8B"), "--nproc", "8", "--gpu-memory", "79",
+                 "--group-size", "16", "--max-new-tokens", "16384", "--micro-batch", "1", "--grad-checkpointing",
+                 "--engine", "vllm", "--vllm-gpu-memory", "0.6", "--template", "thinking"])
+    assert e.value.code is None
+    out = capsys.readouterr().out
+    update = float(next(line for line in out.splitlines() if "update phase" in line).split()[2])
+    assert update <= 45 and "fp32 reduce-scatter buffers" in out and "whole: 28.7 GiB" in out
+
+
+FAILING = """
+import atexit, os, sys, time
+sys.path.insert(0, {root!r})
+import model, torch, torch.distributed as dist
+
+def main():
+    rank, world, dev = model.init_dist()
+    if rank == 1:
+        atexit.register(time.sleep, 600)   # a teardown that blocks, as vLLM's or NCCL's can on a dead peer
+        raise RuntimeError("rank 1 fails mid-run")
+    dist.barrier()                          # rank 0 waits in a collective for rank 1
+
+model.exit_on_error(main)
+"""
+
+
+def test_an_exception_on_one_rank_ends_the_job(tmp_path):
+    """model.exit_on_error: the failing rank leaves at once (no teardown), so torchrun stops the job in
+    seconds instead of waiting for a collective or a blocked teardown (600 s here)."""
+    (tmp_path / "failing.py").write_text(FAILING.format(root=ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(tmp_path / "failing.py")]
+    p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "rank 1 fails mid-run" in p.stderr

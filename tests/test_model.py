@@ -206,3 +206,25 @@ def test_prefix_ending_inside_a_code_block(tiny_dir, sandbox):
     r = model.rollout(m, tok, prompts_for(tok, ["q6"]), sandbox, max_new_tokens=200, temperature=0, prefixes=[prefix])[0]
     assert r.tool_calls == 1 and r.calls[0].ok and r.calls[0].code.strip() == "print(6*7)"
     assert tok.decode(r.response_ids[r.calls[0].start:]).startswith("```python")
+
+
+def test_chunked_logprobs_equal_whole_logits(tiny_dir):
+    """model.logprobs slices the output head (checkpointed chunks of positions): the same log-probs and
+    gradients as log-softmax over the whole fp32 logits, to fp32 summation order (atol 1e-5), with left
+    padding and a temperature."""
+    import torch.nn.functional as F
+    m, tok = model.load(tiny_dir)
+    torch.manual_seed(0)
+    ids = torch.randint(0, len(tok), (3, 40))
+    attn = torch.ones_like(ids)
+    attn[0, :5] = 0
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = m(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, :-1].float() / 0.7
+    whole = F.pad(torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0], (1, 0))
+    g_whole = torch.autograd.grad(whole.sum(), list(m.parameters()))
+    for chunk in (7, 64):   # several slices, and one
+        lp = model.logprobs(m, ids, attn, 0.7, chunk=chunk)
+        g = torch.autograd.grad(lp.sum(), list(m.parameters()))
+        assert torch.allclose(lp, whole, rtol=0, atol=1e-5)
+        assert all(torch.allclose(a, b, rtol=0, atol=1e-5) for a, b in zip(g, g_whole))
+    assert m(input_ids=ids).logits.shape == (3, 40, len(tok))   # the head is restored after the call
