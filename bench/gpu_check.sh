@@ -10,7 +10,8 @@
 # 4. one RL iteration of that model through rl.py (vLLM if installed, else the HF sampler), with GPU
 #    memory polled by nvidia-smi: rollout / tools / update seconds, tokens/s, peak memory;
 # 5. sampler throughput: ours (with our KV-cache layer) vs HF generate (bench/sampler_bench.py);
-# 6. the memory plan against a measured peak: sharded training of the same shapes (bench/plan_check.py).
+# 6. the memory plan against a measured peak: sharded training of the same shapes (bench/plan_check.py);
+# 7. the vLLM tests on the GPU (weight sync by prompt log-probs; tests/test_vllm_ranks.py needs 2 GPUs: skipped on 1).
 set -u
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -69,12 +70,12 @@ with Sandbox(workers=4) as sb:
     hf_new = greedy(policy)
     before = agree(greedy(engine), hf_new)
     m0 = mem(); torch.cuda.synchronize(); t = time.perf_counter(); engine.sleep(); t_sleep = time.perf_counter() - t; m1 = mem()
-    t = time.perf_counter(); engine.wake(); t_wake = time.perf_counter() - t
-    t = time.perf_counter(); n = engine.sync_weights(model.full_params(policy)); torch.cuda.synchronize(); t_sync = time.perf_counter() - t
+    t = time.perf_counter(); n = engine.wake_and_sync(model.full_params(policy, engine.dtype)); torch.cuda.synchronize(); t_sync = time.perf_counter() - t
+    m2 = mem()  # after the wake: the update's cached blocks were released first (VLLM.wake_and_sync)
     after = agree(greedy(engine), hf_new)
 tokens = sum(r.generated for r in rs)
 print(f"vllm engine start {t_start:.1f} s; rollouts: {len(rs)} x <=512 tokens, {tokens} tokens in {t_roll:.1f} s = {tokens / t_roll:.0f} tokens/s")
-print(f"sleep {t_sleep:.2f} s (GPU memory {m0:.1f} -> {m1:.1f} GiB), wake {t_wake:.2f} s, sync {n} tensors {t_sync:.2f} s")
+print(f"sleep {t_sleep:.2f} s (GPU memory {m0:.1f} -> {m1:.1f} GiB), wake + sync {n} tensors {t_sync:.2f} s (-> {m2:.1f} GiB)")
 print(f"greedy agreement with the updated policy (16 prompts x 16 tokens): before sync {before:.2f}, after {after:.2f}")
 EOF
 fi
@@ -105,6 +106,10 @@ timeout 90 python3 bench/sampler_bench.py --device cuda 2>&1 | grep -v shards | 
 # 6. planned vs measured peak memory of sharded training (the plan must be within 15%)
 timeout 150 python3 bench/plan_check.py 2>&1 | grep -v Warn | tee "$OUT/plan_check.txt"
 timeout 150 python3 bench/plan_check.py --micro-batch 1 --no-grad-checkpointing 2>&1 | grep -v Warn | tee -a "$OUT/plan_check.txt"
+# 7. the vLLM tests on the GPU
+if [ -n "$HAS_VLLM" ]; then
+  timeout 240 python3 -m pytest -q tests/test_vllm.py 2>&1 | tail -3 | tee "$OUT/vllm_tests.txt"
+fi
 cat "$OUT/vllm.txt" 2>/dev/null | tail -3 >> "$OUT/summary.txt"
 tail -4 "$OUT/plan_check.txt" >> "$OUT/summary.txt"
 exit 0
