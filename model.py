@@ -94,18 +94,25 @@ def observation_text(obs):
 # Loading, saving, and the tiny model of the embedded default
 
 
-def load(path, device=None, dtype=None):
-    """(model, tokenizer) from a model dir; bf16 on GPU, fp32 on CPU unless told otherwise."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()
+def load_tokenizer(path):
+    """A model dir's tokenizer, with a pad token."""
+    from transformers import AutoTokenizer
     if not os.path.isdir(path):
         raise SystemExit(f"model dir {path!r} not found" + (" (build it with: python model.py)" if path == TINY_DIR else ""))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:  # many base models ship without one; padding is always masked anyway
         tok.pad_token = tok.eos_token
+    return tok
+
+
+def load(path, device=None, dtype=None):
+    """(model, tokenizer) from a model dir; bf16 on GPU, fp32 on CPU unless told otherwise."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    tok = load_tokenizer(path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     model.eval()
     return model, tok
@@ -813,14 +820,12 @@ def load_sharded(path, device, grad_ckpt=False, cpu_offload=False):
     8 x 30.5 GB of host memory; this needs one copy. Buffers that are not in the state dict (rotary
     frequencies) are broadcast too."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
     if dist.get_rank() == 0:
         m, tok = load(path, device="cpu", dtype=torch.float32)
         full = m.state_dict()
     else:
-        tok = AutoTokenizer.from_pretrained(path)
-        if tok.pad_token_id is None:  # as `load` does
-            tok.pad_token = tok.eos_token
+        tok = load_tokenizer(path)
         with torch.device("meta"):
             m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32).eval()
         full = {}

@@ -3,8 +3,9 @@ Cold-start SFT (paper §2.3, Eq. 3): sft.jsonl + model dir -> model dir.
 
 In:  trajectory JSONL (DESIGN.md: the problem fields + "response", the tool-integrated text with the
      environment's ```output blocks), e.g. what `python tirgen.py` writes; a model dir.
-Out: a model dir (`save_pretrained`, in --model's dtype, loads in every later stage) + train_state/ (sharded
-     fp32 weights and AdamW state, step, RNG, data order) for --resume; optionally the held-out accuracy of the result (--eval-n).
+Out: a model dir (`save_pretrained`, in --model's dtype, loads in every later stage) + train_state/
+     (sharded fp32 weights and AdamW state, step, RNG, data order) for --resume; optionally the held-out
+     accuracy of the result (--eval-n).
 
 Eq. 3, L_SFT = -sum_t log pi(y_t | q, I, y_<t), is a token mean over the trained tokens of a batch:
   - Trained: the response text the model writes, and the EOS after it (the model must learn to stop).

@@ -1,13 +1,11 @@
 """Worker for tests/test_vllm_ranks.py: vLLM rollouts on uneven shares across ranks.
 
-`python tests/vllm_ranks_worker.py MODEL_DIR OUT_DIR [--engine-kwargs JSON]`, either under
+`python tests/vllm_ranks_worker.py MODEL_DIR OUT_DIR`, either under
 `torchrun --nproc_per_node 2` (gloo, via model.init_dist) or as one process. Four chunks of toy
 prompts, each rolled out with a seed fixed by its index. Two ranks: rank 0 runs chunks 0, 1, 2 (three
 rollout calls, so three times the `generate` calls of rank 1) and rank 1 runs chunk 3 only. One process
 runs all four in order. Each process writes {"chunks": {chunk: [response_ids, ...]}, "generate_calls": N}
-to OUT_DIR/rank<R>.json.
---engine-kwargs are passed to model.VLLM (they override its defaults): the test never uses it; it
-exists to reproduce the old data-parallel engine ('{"data_parallel_size": 2}'), which deadlocks."""
+to OUT_DIR/rank<R>.json."""
 import argparse
 import json
 import os
@@ -29,7 +27,6 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model_dir")
     ap.add_argument("out_dir")
-    ap.add_argument("--engine-kwargs", default="{}")
     args = ap.parse_args()
     import torch.distributed as dist
 
@@ -40,7 +37,7 @@ def main():
     assert world in (1, 2), world
     chunks = list(range(CHUNKS)) if world == 1 else SHARES[rank]
     problems = rewards.read_problems(os.path.join(ROOT, "data", "toy_test.jsonl"))[:CHUNKS * PER_CHUNK]
-    engine = model.VLLM(args.model_dir, seed=0, max_model_len=512, **json.loads(args.engine_kwargs))
+    engine = model.VLLM(args.model_dir, seed=0, max_model_len=512)
     tok, calls, generate = engine.tok, [0], engine.generate
 
     def counted(*a, **k):  # this instance only: how many `generate` calls this rank made
