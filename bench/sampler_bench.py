@@ -8,18 +8,21 @@ loop re-runs the whole sequence at each step, so it gets slower as the sequence 
 model it is timed over its first --naive-tokens tokens only, which flatters it. The last line is
 `speedup_vs_hf_generate: <x>` for the ~100M model.
 
-With --model DIR (a real instruct model, e.g. SmolLM2-135M-Instruct), on GSM8K problems with the chat
-template, greedy, every rollout started with one line of code in a ```python block (the model closes
-it, the sandbox runs it, generation resumes after the output):
-  1. tokens/s of our sampler, HF `generate` (which cannot run tools: it just continues) and vLLM
-     (skipped where vLLM is not installed), sampled tokens over wall time less the tool seconds;
-  2. vLLM's weight-sync routes: streamed `VLLM.sync_weights`, saving the model dir + `reload_weights`
-     from it, and saving + starting a new engine (its start time measured at step 1);
-  3. one RL iteration per engine (`rl.py --iterations 1` in a subprocess): rollout / tools / update.
+With --model DIR (a real instruct model, e.g. SmolLM2-135M-Instruct), GSM8K problems in the chat
+template, every engine in the dtype `model.load` picks for the device, two workloads:
+  (a) equal work: rows decode greedily with no tools and end tokens ignored, so every engine computes
+      exactly the same positions: positions/s of our sampler, HF `generate` and vLLM (where installed);
+  (b) the RL shape: 4 prompts x G 16 at T = 1, a 256-token budget, every rollout opened with one line
+      of code (the model closes the block, the sandbox runs it, its output is fed back), lengths as they
+      come: wall time and rollouts/s of our sampler, of HF `generate` (no tools: it just continues; the
+      faster of one call with num_return_sequences and a call per prompt) and of vLLM, with row-steps
+      (rows summed over forward calls), positions, forced tokens and tool calls;
+then one rl.py iteration per engine (rollout / tools / update seconds). The last two lines are
+`equal_work_vs_hf_generate: <x>` and `rl_shape_vs_hf_generate: <y>` (ours over HF generate).
 
     python bench/sampler_bench.py                 # CPU, both random models
     python bench/sampler_bench.py --device cuda   # where a GPU is lent
-    VLLM_CPU_KVCACHE_SPACE=2 OMP_NUM_THREADS=2 /work/venv-vllm/bin/python bench/sampler_bench.py --model /work/models/smollm2
+    VLLM_CPU_KVCACHE_SPACE=2 <vllm-venv>/bin/python bench/sampler_bench.py --model <model-dir>
 """
 import argparse
 import os
@@ -101,7 +104,23 @@ def sampling_speed(device, rows=250, vocabs=(1602, 49152), reps=20):
 
 
 # -----------------------------------------------------------------------------
-# --model DIR: a real model, tool calls in the rollouts, three engines, weight sync, an RL iteration
+# --model DIR: a real model, two workloads, ours vs HF generate vs vLLM, then one RL iteration
+
+class Steps:
+    """Counts a model's forward calls' rows (row-steps) and positions, whoever calls it."""
+
+    def __init__(self, m):
+        self.rows = self.positions = 0
+        m.register_forward_pre_hook(self.count, with_kwargs=True)
+
+    def count(self, module, args, kwargs):
+        x = kwargs.get("input_ids", args[0] if args else None)
+        self.rows, self.positions = self.rows + x.size(0), self.positions + x.numel()
+
+    def take(self):
+        out, self.rows, self.positions = (self.rows, self.positions), 0, 0
+        return out
+
 
 def tool_prefix(tok, problem):
     """A response start with one line of code on the problem's first two numbers: the model closes the
@@ -110,13 +129,73 @@ def tool_prefix(tok, problem):
     return tok.encode(f"Let me compute it with Python.\n```python\nprint({a} * {b})\n", add_special_tokens=False)
 
 
-def rollout_speed(engine, tok, prompts, prefixes, sb, new_tokens):
-    """(tokens/s of sampled tokens over wall time less tool time, tool calls, tool seconds)."""
-    sb.seconds = 0.0
-    t = time.perf_counter()
-    rs = M.rollout(engine, tok, prompts, sb, prefixes=prefixes, max_new_tokens=new_tokens, temperature=0)
-    wall = time.perf_counter() - t
-    return sum(r.generated for r in rs) / (wall - sb.seconds), sum(r.tool_calls for r in rs), sb.seconds
+def left_padded(tok, seqs, device):
+    L = max(map(len, seqs))
+    ids = torch.tensor([[tok.pad_token_id] * (L - len(s)) + s for s in seqs], device=device)
+    return ids, (torch.arange(L, device=device)[None] >= torch.tensor([L - len(s) for s in seqs], device=device)[:, None]).long()
+
+
+def equal_work(m, tok, engine, prompts, new_tokens, device, steps):
+    """(a) No tools, no end tokens: every row decodes exactly `new_tokens` positions on every engine.
+    Returns {engine: (positions/s, row-steps)}."""
+    rows, out = len(prompts), {}
+    eos, fence, gen_eos = M.eos_ids, M.FENCE_OPEN, m.generation_config.eos_token_id
+    M.eos_ids = lambda model, tok: set()      # no end token ends a row
+    M.FENCE_OPEN = "\0no tools\0"             # no code block is ever opened
+    m.generation_config.eos_token_id = None
+    try:
+        M.rollout(m, tok, prompts[:2], NoTools(), max_new_tokens=8, temperature=0)  # warm-up
+        steps.take()
+        rs, t = timed(lambda: M.rollout(m, tok, prompts, NoTools(), max_new_tokens=new_tokens, temperature=0), device)
+        assert all(len(r.response_ids) == new_tokens for r in rs), "a row stopped early"
+        out["ours"] = (rows * new_tokens / t, steps.take()[0])
+        ids, attn = left_padded(tok, prompts, device)
+        _, t = timed(lambda: m.generate(ids, attention_mask=attn, do_sample=False, max_new_tokens=new_tokens,
+                                        min_new_tokens=new_tokens, pad_token_id=tok.pad_token_id), device)
+        out["hf_generate"] = (rows * new_tokens / t, steps.take()[0])
+    finally:
+        M.eos_ids, M.FENCE_OPEN, m.generation_config.eos_token_id = eos, fence, gen_eos
+    if engine is not None:
+        params = [dict(temperature=0, max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True)] * rows
+        engine.generate(prompts[:2], params[:2])
+        outs, t = timed(lambda: engine.generate(prompts, params), device)
+        assert all(len(o.token_ids) == new_tokens for o in outs)
+        out["vllm"] = (rows * new_tokens / t, None)
+    return out
+
+
+def rl_shape(m, tok, engine, prompts, prefixes, args, sb, steps, **kw):
+    """(b) The RL shape: G samples per prompt at T = 1, a tool call each (the prefix opens it), lengths as
+    they come. Returns {engine: dict(wall, rollouts/s, row-steps, positions, forced tokens, mean length)}."""
+    G, T, out = args.group, args.rl_tokens, {}
+    def ours(name, engine_or_model, **kw):
+        sb.seconds = 0.0
+        rs, t = timed(lambda: M.rollout(engine_or_model, tok, prompts, sb, n=G, prefixes=prefixes, max_new_tokens=T,
+                                        temperature=1.0, seed=0, **kw), args.device)
+        rows, pos = steps.take()
+        out[name] = dict(wall=t, rps=len(rs) / t, row_steps=rows, positions=pos, tool_s=sb.seconds,
+                         forced=sum(r.mask.count(0) - r.prefix_len for r in rs), calls=sum(r.tool_calls for r in rs),
+                         length=sum(len(r.response_ids) - r.prefix_len for r in rs) / len(rs))
+    ours("ours", m, **kw)
+    ctx = [p + q for p, q in zip(prompts, prefixes)]
+    sample = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=T, pad_token_id=tok.pad_token_id)
+    best = None
+    for name, groups in [("one call", [ctx]), ("a call per prompt", [[c] for c in ctx])]:
+        torch.manual_seed(0)
+        t0, lengths = time.perf_counter(), []
+        for g in groups:
+            ids, attn = left_padded(tok, g, args.device)
+            x = m.generate(ids, attention_mask=attn, num_return_sequences=G, **sample)[:, ids.size(1):]
+            lengths += (x != tok.pad_token_id).sum(-1).tolist()
+        t = time.perf_counter() - t0
+        rows, pos = steps.take()
+        if best is None or t < best["wall"]:
+            best = dict(wall=t, rps=len(lengths) / t, row_steps=rows, positions=pos, tool_s=0.0, forced=0, calls=0,
+                        length=sum(lengths) / len(lengths), config=name)
+    out["hf_generate"] = best
+    if engine is not None:
+        ours("vllm", engine)
+    return out
 
 
 def rl_iteration(args, engine):
@@ -126,7 +205,7 @@ def rl_iteration(args, engine):
     with tempfile.TemporaryDirectory() as d:
         cmd = [sys.executable, "rl.py", "--model", args.model, "--data", args.data, "--template", "chat", "--engine", engine,
                "--out", os.path.join(d, "rl"), "--group-size", "4", "--batch-problems", "2", "--iterations", "1",
-               "--updates-per-batch", "1", "--max-new-tokens", str(args.new_tokens), "--max-refills", "0", "--save-every", "0",
+               "--updates-per-batch", "1", "--max-new-tokens", "128", "--max-refills", "0", "--save-every", "0",
                "--no-dynamic-sampling", "--keep-unboxed", "--keep-failed-episodes"]  # every rollout is trained on
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rec = json.loads(open(os.path.join(d, "rl", "log.jsonl")).readlines()[-1])
@@ -138,48 +217,37 @@ def real_model(args):
     import rewards
     from sandbox import Sandbox
     m, tok = M.load(args.model, device=args.device)
-    problems = [p["problem"] for p in rewards.read_problems(args.data)[:args.batch]]
-    prompts = [M.encode_prompt(tok, p, "chat") for p in problems]
-    prefixes = [tool_prefix(tok, p) for p in problems]
-    has_vllm = importlib.util.find_spec("vllm") is not None
-    print(f"{args.model}: {len(prompts)} GSM8K problems, greedy, {args.new_tokens} new tokens, a forced tool call each")
+    steps = Steps(m)
+    dtype = str(next(m.parameters()).dtype).removeprefix("torch.")
+    problems = [p["problem"] for p in rewards.read_problems(args.data)]
+    prompts = [M.encode_prompt(tok, p, "chat") for p in problems[:max(args.equal_rows, args.prompts)]]
+    engine = M.VLLM(args.model, seed=0) if importlib.util.find_spec("vllm") else None
+    print(f"{args.model}, {dtype}, {args.device}, torch threads {torch.get_num_threads()}; GSM8K problems, chat template")
+    print(f"(a) equal work: {args.equal_rows} rows, greedy, no tools, end tokens ignored, every row {args.equal_tokens} "
+          f"new positions on every engine; positions/s")
+    a = equal_work(m, tok, engine, prompts[:args.equal_rows], args.equal_tokens, args.device, steps)
+    for name, (pps, rows) in a.items():
+        print(f"  {name:<12}{pps:>9.1f} positions/s{pps / a['hf_generate'][0]:>7.2f}x HF generate"
+              + (f"   row-steps {rows}" if rows is not None else ""))
+    print(f"(b) RL shape: {args.prompts} prompts x G {args.group}, T = 1, {args.rl_tokens}-token budget, every rollout "
+          f"opens with a line of code (tool output fed back; HF generate just continues), lengths as they come")
     with Sandbox(workers=2) as raw:
         sb = TimedSandbox(raw)
-        rollout_speed(m, tok, prompts[:2], prefixes[:2], sb, 16)  # warm-up (allocator, kernels, sandbox workers)
-        rows = [("ours", *rollout_speed(m, tok, prompts, prefixes, sb, args.new_tokens))]
-        ids = [p + q for p, q in zip(prompts, prefixes)]
-        L = max(map(len, ids))
-        x = torch.tensor([[tok.pad_token_id] * (L - len(p)) + p for p in ids], device=args.device)
-        attn = (torch.arange(L, device=args.device)[None] >= torch.tensor([L - len(p) for p in ids], device=args.device)[:, None]).long()
-        (out, t) = timed(lambda: m.generate(x, attention_mask=attn, do_sample=False, max_new_tokens=args.new_tokens,
-                                            pad_token_id=tok.pad_token_id), args.device)
-        n_hf = int(((out[:, L:] != tok.pad_token_id).sum()))
-        rows.append(("hf_generate", n_hf / t, 0, 0.0))
-        if has_vllm:
-            t0 = time.perf_counter()
-            engine = M.VLLM(args.model, seed=0)
-            t_start = time.perf_counter() - t0
-            rollout_speed(engine, tok, prompts[:2], prefixes[:2], sb, 16)
-            rows.append(("vllm", *rollout_speed(engine, tok, prompts, prefixes, sb, args.new_tokens)))
-    print(f"{'engine':<12}{'tokens/s':>10}{'vs ours':>9}{'tool calls':>12}{'tool s':>8}")
-    for name, tps, calls, tool_s in rows:
-        print(f"{name:<12}{tps:>10.1f}{tps / rows[0][1]:>9.2f}{calls:>12}{tool_s:>8.1f}")
-    if has_vllm:
-        engine.sync_weights(m.state_dict().items())  # warm-up: the first reload pays one-time costs
-        t0 = time.perf_counter()
-        n = engine.sync_weights(m.state_dict().items())
-        t_stream = time.perf_counter() - t0
-        with tempfile.TemporaryDirectory() as d:
-            t0 = time.perf_counter()
-            M.save(m, tok, d)
-            t_save = time.perf_counter() - t0
-            engine.llm.collective_rpc("reload_weights", kwargs=dict(weights_path=d))
-            t_disk = time.perf_counter() - t0
-        print(f"vLLM weight sync, seconds: streamed sync_weights ({n} tensors) {t_stream:.2f} | save + reload_weights "
-              f"from the dir {t_disk:.2f} | save + new engine {t_save + t_start:.1f} (start {t_start:.1f})")
-    print(f"one RL iteration (rl.py, G=4, 2 problems, {args.new_tokens} new tokens), seconds rollout / tools / update:")
-    for engine in ["hf"] + ["vllm"] * has_vllm:
-        print(f"  --engine {engine:<5} " + " / ".join(f"{x:.1f}" for x in rl_iteration(args, engine)))
+        M.rollout(m, tok, prompts[:2], sb, prefixes=[tool_prefix(tok, p) for p in problems[:2]], max_new_tokens=16)  # warm-up
+        steps.take()
+        pre = [tool_prefix(tok, p) for p in problems[:args.prompts]]
+        b = rl_shape(m, tok, engine, prompts[:args.prompts], pre, args, sb, steps)
+        print(f"  {'engine':<12}{'wall s':>8}{'rollouts/s':>12}{'vs HF':>7}{'row-steps':>11}{'positions':>11}"
+              f"{'forced':>8}{'calls':>7}{'tool s':>8}{'mean len':>10}")
+        for name, r in b.items():
+            print(f"  {name:<12}{r['wall']:>8.1f}{r['rps']:>12.3f}{r['rps'] / b['hf_generate']['rps']:>7.2f}{r['row_steps']:>11}"
+                  f"{r['positions']:>11}{r['forced']:>8}{r['calls']:>7}{r['tool_s']:>8.1f}{r['length']:>10.1f}"
+                  + (f"  ({r['config']})" if "config" in r else ""))
+    print("one RL iteration (rl.py, G = 4, 2 problems, 128 new tokens), seconds rollout / tools / update:")
+    for name in ["hf"] + ["vllm"] * (engine is not None):
+        print(f"  --engine {name:<5} " + " / ".join(f"{x:.1f}" for x in rl_iteration(args, name)))
+    print(f"equal_work_vs_hf_generate: {a['ours'][0] / a['hf_generate'][0]:.2f}")
+    print(f"rl_shape_vs_hf_generate: {b['ours']['rps'] / b['hf_generate']['rps']:.2f}")
 
 
 def main():
@@ -187,8 +255,13 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", help="a real model dir: tool-integrated rollouts, ours vs HF generate vs vLLM, weight sync, RL split")
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "gsm8k_train.jsonl"), help="problems for --model")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--batch", type=int, default=16, help="rows of the no-model run")
+    p.add_argument("--new-tokens", type=int, default=256, help="new tokens of the no-model run")
+    p.add_argument("--equal-rows", type=int, default=16, help="--model (a): rows")
+    p.add_argument("--equal-tokens", type=int, default=128, help="--model (a): new positions per row")
+    p.add_argument("--prompts", type=int, default=4, help="--model (b): prompts")
+    p.add_argument("--group", type=int, default=16, help="--model (b): G, samples per prompt")
+    p.add_argument("--rl-tokens", type=int, default=256, help="--model (b): response budget")
     p.add_argument("--naive-tokens", type=int, default=32, help="tokens the no-cache loop runs on the 100M model")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
