@@ -135,8 +135,8 @@ def left_padded(tok, seqs, device):
     return ids, (torch.arange(L, device=device)[None] >= torch.tensor([L - len(s) for s in seqs], device=device)[:, None]).long()
 
 
-def equal_work(m, tok, engine, prompts, new_tokens, device, steps):
-    """(a) No tools, no end tokens: every row decodes exactly `new_tokens` positions on every engine.
+def equal_work(m, tok, prompts, new_tokens, device, steps):
+    """(a) No tools, no end tokens: every row decodes exactly `new_tokens` positions, ours and HF generate.
     Returns {engine: (positions/s, row-steps)}."""
     rows, out = len(prompts), {}
     eos, fence, gen_eos = M.eos_ids, M.FENCE_OPEN, m.generation_config.eos_token_id
@@ -155,28 +155,32 @@ def equal_work(m, tok, engine, prompts, new_tokens, device, steps):
         out["hf_generate"] = (rows * new_tokens / t, steps.take()[0])
     finally:
         M.eos_ids, M.FENCE_OPEN, m.generation_config.eos_token_id = eos, fence, gen_eos
-    if engine is not None:
-        params = [dict(temperature=0, max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True)] * rows
-        engine.generate(prompts[:2], params[:2])
-        outs, t = timed(lambda: engine.generate(prompts, params), device)
-        assert all(len(o.token_ids) == new_tokens for o in outs)
-        out["vllm"] = (rows * new_tokens / t, None)
     return out
 
 
-def rl_shape(m, tok, engine, prompts, prefixes, args, sb, steps, **kw):
-    """(b) The RL shape: G samples per prompt at T = 1, a tool call each (the prefix opens it), lengths as
-    they come. Returns {engine: dict(wall, rollouts/s, row-steps, positions, forced tokens, mean length)}."""
-    G, T, out = args.group, args.rl_tokens, {}
-    def ours(name, engine_or_model, **kw):
-        sb.seconds = 0.0
-        rs, t = timed(lambda: M.rollout(engine_or_model, tok, prompts, sb, n=G, prefixes=prefixes, max_new_tokens=T,
-                                        temperature=1.0, seed=0, **kw), args.device)
-        rows, pos = steps.take()
-        out[name] = dict(wall=t, rps=len(rs) / t, row_steps=rows, positions=pos, tool_s=sb.seconds,
-                         forced=sum(r.mask.count(0) - r.prefix_len for r in rs), calls=sum(r.tool_calls for r in rs),
-                         length=sum(len(r.response_ids) - r.prefix_len for r in rs) / len(rs))
-    ours("ours", m, **kw)
+def equal_work_vllm(engine, prompts, new_tokens, device):
+    params = [dict(temperature=0, max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True)] * len(prompts)
+    engine.generate(prompts[:2], params[:2])  # warm-up
+    outs, t = timed(lambda: engine.generate(prompts, params), device)
+    assert all(len(o.token_ids) == new_tokens for o in outs), "a row stopped early"
+    return len(prompts) * new_tokens / t, None
+
+
+def rl_rollouts(engine, tok, prompts, prefixes, args, sb, steps):
+    """(b) with model.rollout on `engine` (our sampler or vLLM): G samples per prompt at T = 1."""
+    sb.seconds = 0.0
+    rs, t = timed(lambda: M.rollout(engine, tok, prompts, sb, n=args.group, prefixes=prefixes, max_new_tokens=args.rl_tokens,
+                                    temperature=1.0, seed=0), args.device)
+    rows, pos = steps.take()
+    return dict(wall=t, rps=len(rs) / t, row_steps=rows if rows else None, positions=pos if pos else None, tool_s=sb.seconds,
+                forced=sum(r.mask.count(0) - r.prefix_len for r in rs), calls=sum(r.tool_calls for r in rs),
+                length=sum(len(r.response_ids) - r.prefix_len for r in rs) / len(rs))
+
+
+def rl_shape_hf(m, tok, prompts, prefixes, args, steps):
+    """(b) with HF generate, which runs no tools (each row just continues): the faster of one call with
+    num_return_sequences G and a call per prompt."""
+    G, T = args.group, args.rl_tokens
     ctx = [p + q for p, q in zip(prompts, prefixes)]
     sample = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=T, pad_token_id=tok.pad_token_id)
     best = None
@@ -192,10 +196,7 @@ def rl_shape(m, tok, engine, prompts, prefixes, args, sb, steps, **kw):
         if best is None or t < best["wall"]:
             best = dict(wall=t, rps=len(lengths) / t, row_steps=rows, positions=pos, tool_s=0.0, forced=0, calls=0,
                         length=sum(lengths) / len(lengths), config=name)
-    out["hf_generate"] = best
-    if engine is not None:
-        ours("vllm", engine)
-    return out
+    return best
 
 
 def rl_iteration(args, engine):
@@ -221,30 +222,35 @@ def real_model(args):
     dtype = str(next(m.parameters()).dtype).removeprefix("torch.")
     problems = [p["problem"] for p in rewards.read_problems(args.data)]
     prompts = [M.encode_prompt(tok, p, "chat") for p in problems[:max(args.equal_rows, args.prompts)]]
-    engine = M.VLLM(args.model, seed=0) if importlib.util.find_spec("vllm") else None
+    pre = [tool_prefix(tok, p) for p in problems[:args.prompts]]
     print(f"{args.model}, {dtype}, {args.device}, torch threads {torch.get_num_threads()}; GSM8K problems, chat template")
-    print(f"(a) equal work: {args.equal_rows} rows, greedy, no tools, end tokens ignored, every row {args.equal_tokens} "
-          f"new positions on every engine; positions/s")
-    a = equal_work(m, tok, engine, prompts[:args.equal_rows], args.equal_tokens, args.device, steps)
-    for name, (pps, rows) in a.items():
-        print(f"  {name:<12}{pps:>9.1f} positions/s{pps / a['hf_generate'][0]:>7.2f}x HF generate"
-              + (f"   row-steps {rows}" if rows is not None else ""))
-    print(f"(b) RL shape: {args.prompts} prompts x G {args.group}, T = 1, {args.rl_tokens}-token budget, every rollout "
-          f"opens with a line of code (tool output fed back; HF generate just continues), lengths as they come")
     with Sandbox(workers=2) as raw:
         sb = TimedSandbox(raw)
-        M.rollout(m, tok, prompts[:2], sb, prefixes=[tool_prefix(tok, p) for p in problems[:2]], max_new_tokens=16)  # warm-up
+        a = equal_work(m, tok, prompts[:args.equal_rows], args.equal_tokens, args.device, steps)
+        M.rollout(m, tok, prompts[:2], sb, prefixes=pre[:2], max_new_tokens=16)  # warm-up of the sandbox workers
         steps.take()
-        pre = [tool_prefix(tok, p) for p in problems[:args.prompts]]
-        b = rl_shape(m, tok, engine, prompts[:args.prompts], pre, args, sb, steps)
-        print(f"  {'engine':<12}{'wall s':>8}{'rollouts/s':>12}{'vs HF':>7}{'row-steps':>11}{'positions':>11}"
-              f"{'forced':>8}{'calls':>7}{'tool s':>8}{'mean len':>10}")
-        for name, r in b.items():
-            print(f"  {name:<12}{r['wall']:>8.1f}{r['rps']:>12.3f}{r['rps'] / b['hf_generate']['rps']:>7.2f}{r['row_steps']:>11}"
-                  f"{r['positions']:>11}{r['forced']:>8}{r['calls']:>7}{r['tool_s']:>8.1f}{r['length']:>10.1f}"
-                  + (f"  ({r['config']})" if "config" in r else ""))
+        b = {"ours": rl_rollouts(m, tok, prompts[:args.prompts], pre, args, sb, steps),
+             "hf_generate": rl_shape_hf(m, tok, prompts[:args.prompts], pre, args, steps)}
+        if importlib.util.find_spec("vllm"):  # last: the engine binds this process's threads when it starts
+            engine = M.VLLM(args.model, seed=0)
+            a["vllm"] = equal_work_vllm(engine, prompts[:args.equal_rows], args.equal_tokens, args.device)
+            rl_rollouts(engine, tok, prompts[:2], pre[:2], args, sb, steps)  # warm-up
+            b["vllm"] = rl_rollouts(engine, tok, prompts[:args.prompts], pre, args, sb, steps)
+    print(f"(a) equal work: {args.equal_rows} rows, greedy, no tools, end tokens ignored, every row {args.equal_tokens} "
+          f"new positions on every engine")
+    print(f"  {'engine':<12}{'positions/s':>12}{'vs HF':>7}{'row-steps':>11}")
+    for name, (pps, rows) in a.items():
+        print(f"  {name:<12}{pps:>12.1f}{pps / a['hf_generate'][0]:>7.2f}{rows if rows is not None else '-':>11}")
+    print(f"(b) RL shape: {args.prompts} prompts x G {args.group}, T = 1, {args.rl_tokens}-token budget, every rollout "
+          f"opens with a line of code (tool output fed back; HF generate just continues), lengths as they come")
+    print(f"  {'engine':<12}{'wall s':>8}{'rollouts/s':>12}{'vs HF':>7}{'row-steps':>11}{'positions':>11}"
+          f"{'forced':>8}{'calls':>7}{'tool s':>8}{'mean len':>10}")
+    for name, r in b.items():
+        print(f"  {name:<12}{r['wall']:>8.1f}{r['rps']:>12.3f}{r['rps'] / b['hf_generate']['rps']:>7.2f}"
+              f"{r['row_steps'] or '-':>11}{r['positions'] or '-':>11}{r['forced']:>8}{r['calls']:>7}{r['tool_s']:>8.1f}"
+              f"{r['length']:>10.1f}" + (f"  (HF: {r['config']})" if "config" in r else ""))
     print("one RL iteration (rl.py, G = 4, 2 problems, 128 new tokens), seconds rollout / tools / update:")
-    for name in ["hf"] + ["vllm"] * (engine is not None):
+    for name in ["hf"] + ["vllm"] * bool(importlib.util.find_spec("vllm")):
         print(f"  --engine {name:<5} " + " / ".join(f"{x:.1f}" for x in rl_iteration(args, name)))
     print(f"equal_work_vs_hf_generate: {a['ours'][0] / a['hf_generate'][0]:.2f}")
     print(f"rl_shape_vs_hf_generate: {b['ours']['rps'] / b['hf_generate']['rps']:.2f}")
