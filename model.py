@@ -16,8 +16,9 @@ the code). Options the stages need:
     the last `l_suf` tokens of the reasoning before it and regenerate, up to `n_corr` times per
     failing call. On the KV cache a rollback just masks the dropped columns: rows stay independent.
 Two engines share the row bookkeeping (`_Row`): the hand-written KV-cached sampler below (the
-reference, used by the tests) and vLLM (`VLLM`, imported lazily), which stops on ``` or an end token
-and resubmits token ids with prefix caching.
+reference, used by the tests) and vLLM (`VLLM`, imported lazily), which stops at a closing ``` or an
+end token and resubmits token ids with prefix caching. Our sampler decodes at most ROWS rows at a time
+(the others wait in a queue and enter as rows finish) and feeds a tool's output in one forward.
 Sharded training for sft.py and rl.py (FSDP2, one code path from 1 CPU process to N GPUs) and the
 memory plan that says beforehand whether a model fits are at the end of the file.
 
@@ -105,14 +106,34 @@ def load_tokenizer(path):
     return tok
 
 
+def cpu_has_bf16():
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as oneDNN needs for fast bf16 matmuls."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", f.read()))
+    except OSError:  # not Linux: assume not
+        return False
+
+
+def sampling_dtype(path, device):
+    """The dtype to sample in: bf16 on a GPU; on a CPU, a bf16 model dir stays bf16 where the CPU has bf16
+    kernels (a SmolLM2 decoding step was 1.3-2.6x faster than fp32 at 4-64 rows; bench/sampler_bench.py)
+    and is upcast to fp32 elsewhere (without them bf16 matmuls are slower than fp32). An fp32 dir (the
+    tiny model) stays fp32. Training always runs in fp32 (`load_sharded`); RL recomputes its old
+    log-probs with the trainer, so a bf16 sampler does not bias the ratio."""
+    if str(device).startswith("cuda"):
+        return torch.bfloat16
+    return torch.bfloat16 if saved_dtype(path) == torch.bfloat16 and cpu_has_bf16() else torch.float32
+
+
 def load(path, device=None, dtype=None):
-    """(model, tokenizer) from a model dir; bf16 on GPU, fp32 on CPU unless told otherwise."""
+    """(model, tokenizer) from a model dir, in `dtype` or else `sampling_dtype`."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     tok = load_tokenizer(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+    dtype = dtype or sampling_dtype(path, device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     model.eval()
     return model, tok
@@ -284,10 +305,27 @@ class _Row:
                 j -= 1
             self.code_start = j
 
+    def sample(self, t, lp):
+        """A token the policy just sampled. Returns the code to execute when it closed a block."""
+        self.r.generated += 1
+        return self.push(t, 1, lp)
+
+    def feed_pending(self, k):
+        """Push up to k queued forced tokens, stopping when the row finishes (the budget counts them
+        too); returns their ids. A replayed token (mask 1, see `_Batch.rollback`) was counted in
+        `generated` when it was first sampled."""
+        fed = []
+        while self.pending and len(fed) < k and not self.done:
+            t, m, lp = self.pending.pop(0)
+            fed.append(t)
+            self.push(t, m, lp)
+        if fed and not self.pending:
+            self.seg = len(self.r.response_ids)  # the next scan for a code block starts after them
+        return fed
+
     def push(self, t, m, lp):
         r = self.r
         r.response_ids.append(t); r.mask.append(m); r.logprobs.append(lp)
-        r.generated += m
         if m and t in self.cfg["eos"]:
             return self.finish("eos")
         if len(r.response_ids) - r.prefix_len >= self.cfg["max_new_tokens"]:
@@ -347,12 +385,6 @@ class _Row:
         del r.response_ids[cut:], r.mask[cut:], r.logprobs[cut:]
 
 
-def _settle(row, n_forced):
-    """After forced tokens are fed, the next scan starts after them."""
-    if n_forced and not row.pending:
-        row.seg = len(row.r.response_ids)
-
-
 def _finish(rows, tok):
     out = []
     for row in rows:
@@ -410,113 +442,188 @@ def kv_cache(model):
                 grow = lambda b: torch.cat([b[:, :, :n], b.new_empty(*b.shape[:2], cap - n, b.shape[-1])], 2)
                 self.kbuf, self.vbuf = grow(self.kbuf), grow(self.vbuf)
             self.kbuf[:, :, n:n + s], self.vbuf[:, :, n:n + s] = k, v
-            self.n = n + s
-            self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
+            self._set(n + s)
             return self.keys, self.values
 
-        def _select(self, f):  # batch surgery on the buffers; the views follow
-            if self.is_initialized and self.n:
-                self.kbuf, self.vbuf = f(self.kbuf), f(self.vbuf)
-                self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
+        def _set(self, n):
+            self.n, self.keys, self.values = n, self.kbuf[:, :, :n], self.vbuf[:, :, :n]
 
         def batch_repeat_interleave(self, repeats):
-            self._select(lambda b: b.repeat_interleave(repeats, 0))
+            self.kbuf, self.vbuf = self.keys.repeat_interleave(repeats, 0), self.values.repeat_interleave(repeats, 0)
 
         def batch_select_indices(self, indices):
-            self._select(lambda b: b[indices])
+            self.regroup(indices, None, None, self.n)
+
+        def regroup(self, keep, new, repeats, cols):
+            """Rows `keep` of this layer over the rows of `new` (another _KVLayer, or None), each repeated
+            `repeats` times, right-aligned in `cols` columns. Only the columns in use are copied, once,
+            into buffers with room to grow; the padding on the left is zeroed (it is masked, but masked
+            garbage could be NaN, and 0 * NaN is not 0)."""
+            bufs = []
+            for old, add in [(self.kbuf, None if new is None else new.keys), (self.vbuf, None if new is None else new.values)]:
+                rows = len(keep) + (0 if new is None else int(repeats.sum()))
+                buf = old.new_empty(rows, old.shape[1], cols + max(64, cols // 2), old.shape[-1])
+                buf[:len(keep), :, :cols - self.n] = 0
+                torch.index_select(old[:, :, :self.n], 0, keep, out=buf[:len(keep), :, cols - self.n:cols])
+                if new is not None:
+                    buf[len(keep):, :, :cols - new.n] = 0
+                    buf[len(keep):, :, cols - new.n:cols] = add.repeat_interleave(repeats, 0)
+                bufs.append(buf)
+            self.kbuf, self.vbuf = bufs
+            self._set(cols)
 
     cache = DynamicCache(config=model.config)
     cache.layers = [_KVLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
 
 
+# The sampler's batch shape (bench/sampler_bench.py --model --ablate measures each part).
+ROWS = 256         # rows decoded together (rollout's max_rows): the others wait in a queue and enter as rows
+                   # finish, so memory stays bounded (rl.py's defaults ask for 81,920 rows in one call)
+REGROUP = 0.25     # drop finished rows and admit queued ones when this share of the batch has finished
+OBS_CHUNK = 32     # forced tokens (tool output) a row feeds per forward; 1 = one per decoding step
+
+
+class _Batch:
+    """The rows decoded together and their KV cache. `attn` (B, S) marks the cache columns each row
+    attends to (0: left padding, a hole, rolled back); `live` (B,) is each row's next position id; `cols`
+    holds, per row, the cache column of each of its context tokens (prompt, prefix, response), which a
+    rollback needs; `first` is each row's logits after its prompt (and prefix) were prefilled."""
+
+    def __init__(self, model, contexts, pad):
+        self.model, self.ctx, self.pad = model, contexts, pad
+        self.act, self.cols, self.first, self.cache, self.logits = [], [], [], None, None
+        probe = kv_cache(model).layers
+        # Sliding-window layers (HF's own) cannot be regrouped, and holes would count inside their window:
+        # such models decode all rows in one batch and feed forced tokens one per step.
+        self.full = all(hasattr(layer, "regroup") for layer in probe)
+
+    def regroup(self, keep, new, key):
+        """Keep batch rows `keep` (positions in `act`), admit rows `new` (ids); `key(i)` names the context
+        a row starts from, and rows that share one are prefilled once (the G samples of a problem)."""
+        dev = self.model.device
+        keep_t = torch.tensor(keep, dtype=torch.long, device=dev)
+        if not new:  # only drops
+            self.cache.batch_select_indices(keep_t)
+            self.attn, self.live, self.logits = self.attn[keep_t], self.live[keep_t], self.logits[keep_t]
+            self.act, self.cols, self.first = [[x[b] for b in keep] for x in (self.act, self.cols, self.first)]
+            return
+        # Prefill each new context once, left-padded, in a cache of its own.
+        uniq = list(dict.fromkeys(key(i) for i in new))
+        seqs = [self.ctx[u] for u in uniq]
+        P = max(len(s) for s in seqs)
+        ids = torch.tensor([[self.pad] * (P - len(s)) + s for s in seqs], device=dev)
+        attn = (torch.arange(P, device=dev)[None] >= torch.tensor([P - len(s) for s in seqs], device=dev)[:, None]).long()
+        cache = kv_cache(self.model)
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        reps = torch.tensor([sum(key(i) == u for i in new) for u in uniq], device=dev)
+        first = out.logits[:, -1].repeat_interleave(reps, 0)   # each row samples its own first token from them
+        if self.cache is None:
+            cache.batch_repeat_interleave(reps)
+            S, self.cache, self.logits, self.attn = P, cache, first, attn.repeat_interleave(reps, 0)
+            self.live = self.attn.sum(-1)
+        else:   # kept rows over new rows, both right-aligned in S columns (positions are explicit)
+            S0 = self.attn.size(1)
+            S = max(S0, P)
+            for layer, add in zip(self.cache.layers, cache.layers):
+                layer.regroup(keep_t, add, reps, S)
+            pad = lambda a, w: torch.cat([a.new_zeros(a.size(0), w), a], 1)
+            self.attn = torch.cat([pad(self.attn[keep_t], S - S0), pad(attn.repeat_interleave(reps, 0), S - P)])
+            self.live = torch.cat([self.live[keep_t], attn.sum(-1).repeat_interleave(reps, 0)])
+            self.logits = torch.cat([self.logits[keep_t], first])
+            self.act, self.first = [self.act[b] for b in keep], [self.first[b] for b in keep]
+            self.cols = [[c + S - S0 for c in self.cols[b]] for b in keep]
+        self.act += new
+        self.first += list(first)
+        self.cols += [list(range(S - len(self.ctx[key(i)]), S)) for i in new]
+
+    def forward(self, feeds):
+        """Feed each row its tokens in one forward, right-aligned in a width of the longest list: a row
+        with fewer tokens fills the left with masked holes, so every row's last token is in the last
+        column and its logits are the next token's (token by token, the same log-probs to ~1e-5: test)."""
+        dev = self.model.device
+        k = max(len(f) for f in feeds)
+        S = self.attn.size(1)
+        ids = torch.tensor([[self.pad] * (k - len(f)) + f for f in feeds], device=dev)
+        new = torch.tensor([[0] * (k - len(f)) + [1] * len(f) for f in feeds], dtype=self.attn.dtype, device=dev)
+        pos = self.live[:, None] + (new.cumsum(-1) - 1).clamp(min=0)
+        for b, f in enumerate(feeds):
+            self.cols[b] += range(S + k - len(f), S + k)
+        self.attn = torch.cat([self.attn, new], 1)
+        self.live = self.live + new.sum(-1)
+        out = self.model(input_ids=ids, attention_mask=self.attn, position_ids=pos, past_key_values=self.cache,
+                         use_cache=True, logits_to_keep=1)
+        self.logits = out.logits[:, -1]
+
+    def rollback(self, b, row, cut, feedback):
+        """Self-correction on the KV cache: mask row b's dropped columns. The next step needs logits
+        that condition on history up to r_t^pre only, so the last kept token is dropped too and fed
+        again (replayed); when nothing generated is kept, the prefill logits are reused instead."""
+        r = row.r
+        replay = cut > r.prefix_len
+        keep = len(r.prompt_ids) + cut - (1 if replay else 0)   # context tokens whose cache columns stay
+        self.attn[b, self.cols[b][keep:]] = 0
+        del self.cols[b][keep:]
+        self.live[b] = keep
+        row.pending = [(r.response_ids[cut - 1], r.mask[cut - 1], r.logprobs[cut - 1])] if replay else []
+        row.pending += [(t, 0, 0.0) for t in feedback]
+        row.use_prefill_logits = not row.pending
+        row.truncate(cut - 1 if replay else cut)
+        row.seg = min(row.seg, len(r.response_ids))
+
+
 @torch.no_grad()
-def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress):
-    dev = model.device
-    gen = torch.Generator(device=dev)
+def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress, max_rows):
+    from sandbox import format_observation
+    gen = torch.Generator(device=model.device)
     gen.manual_seed(seed if seed is not None else torch.seed() % 2**63)
     rows = [_Row(p, prefixes[i] if prefixes else [], tok, cfg[i]) for i, p in enumerate(prompts) for _ in range(n)]
-    # Prefill each prompt (+ prefix) once, left-padded, then clone its cache for the n samples.
-    ctx = [list(p) + list(prefixes[i] if prefixes else []) for i, p in enumerate(prompts)]
-    L = max(len(c) for c in ctx)
-    pad = tok.pad_token_id or 0  # padding is masked, so any id will do (some tokenizers have none)
-    ids = torch.tensor([[pad] * (L - len(c)) + c for c in ctx], device=dev)
-    attn = torch.tensor([[0] * (L - len(c)) + [1] * len(c) for c in ctx], device=dev)
-    cache = kv_cache(model)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
-    cache.batch_repeat_interleave(n)
-    logits = out.logits[:, -1].repeat_interleave(n, 0)   # each row samples its own first token
-    attn = attn.repeat_interleave(n, 0)                     # (R, S): 0 = padding or rolled back
-    live = attn.sum(-1)                                     # (R,) next position id of each row
-    cols = [list(range(L - len(ctx[i // n]), L)) for i in range(len(rows))]  # cache column per context token
-    act = list(range(len(rows)))                            # rows still in the cache's batch, in order
-    prefill = out.logits[:, -1]
-    while act:
-        for b, i in enumerate(act):
-            if rows[i].use_prefill_logits:  # a rollback to the start of generation (see _rollback)
-                logits[b], rows[i].use_prefill_logits = prefill[i // n], False
-        sampled, lps = sample_token(logits, sampling["temperature"], sampling["top_k"], sampling["top_p"], gen)
+    contexts = [list(p) + list(prefixes[i] if prefixes else []) for i, p in enumerate(prompts)]
+    B = _Batch(model, contexts, tok.pad_token_id or 0)  # padding is masked: any id will do (some tokenizers have none)
+    width = max_rows if B.full else len(rows)
+    chunk = OBS_CHUNK if B.full else 1
+    queue = list(range(len(rows)))          # rows not started yet, in order
+    while True:
+        # Regroup: drop finished rows and fill their places from the queue, in batches, not at every
+        # finished row: a regroup copies the cache (the columns in use) and prefills the new prompts.
+        done = [b for b, i in enumerate(B.act) if rows[i].done]
+        if not B.act or len(done) == len(B.act) or len(done) >= max(1, REGROUP * len(B.act)):
+            keep = [b for b, i in enumerate(B.act) if not rows[i].done]
+            new, queue = queue[:width - len(keep)], queue[width - len(keep):]
+            if not keep and not new:
+                break
+            B.regroup(keep, new, key=lambda i: i // n)
+        for b, i in enumerate(B.act):
+            if rows[i].use_prefill_logits:  # a rollback to the start of generation (see _Batch.rollback)
+                B.logits[b], rows[i].use_prefill_logits = B.first[b], False
+        sampled, lps = sample_token(B.logits, sampling["temperature"], sampling["top_k"], sampling["top_p"], gen)
         sampled, lps = sampled.tolist(), lps.tolist()  # one device->host copy per step, not one per row
-        feed, to_run, n_sampled = [], [], 0
-        for b, i in enumerate(act):
+        feeds, to_run, n_sampled, was_done = [[] for _ in B.act], [], 0, sum(rows[i].done for i in B.act)
+        for b, i in enumerate(B.act):
             row = rows[i]
-            if row.pending:   # forced token (tool output or a replayed token) instead of a sample
-                t, m, lp = row.pending.pop(0)
-                forced = 1
-            else:
-                t, m, lp, forced = sampled[b], 1, lps[b], 0
-                n_sampled += 1
-            code = row.push(t, m, lp)
-            _settle(row, forced)
-            feed.append(t)
+            if row.done or row.pending:   # a row feeding forced tokens does not sample
+                continue
+            n_sampled += 1
+            code = row.sample(sampled[b], lps[b])
+            if not row.done:
+                feeds[b].append(sampled[b])
             if code is not None:
-                to_run.append((i, code))
-        cols_now = attn.size(1)
-        for i in act:
-            cols[i].append(cols_now)
-        attn = torch.cat([attn, torch.tensor([[0 if rows[i].done else 1] for i in act], dtype=attn.dtype, device=dev)], 1)
-        pos = live.clone()
-        live += attn[:, -1]
+                to_run.append((b, code))
         if to_run:  # one sandbox batch for every row that closed a block at this step
-            results = sandbox.run_many([c for _, c in to_run])
-            from sandbox import format_observation
-            for (i, code), res in zip(to_run, results):
-                action = rows[i].on_result(code, res, format_observation(res))
-                if action:
-                    _rollback(rows[i], act.index(i), cols[i], attn, live, *action[1:])
+            for (b, code), res in zip(to_run, sandbox.run_many([c for _, c in to_run])):
+                row = rows[B.act[b]]
+                action = row.on_result(code, res, format_observation(res))
+                if action:   # the closing token is rolled back with its block: it is not fed
+                    feeds[b] = []
+                    B.rollback(b, row, *action[1:])
+        for b, i in enumerate(B.act):  # tool output (or a replayed token) follows in the same forward
+            feeds[b] += rows[i].feed_pending(chunk - len(feeds[b]))
         if progress:  # for a caller's progress bar: rows that finished and tokens sampled at this step
-            progress(sum(rows[i].done for i in act), n_sampled)
-        # Compact the batch when most rows are done: drop their cache rows.
-        keep = [b for b, i in enumerate(act) if not rows[i].done]
-        if not keep:
-            break
-        if len(keep) < len(act):
-            sel = torch.tensor(keep, device=dev)
-            cache.batch_select_indices(sel)
-            attn, live, pos = attn[sel], live[sel], pos[sel]
-            feed, act = [feed[b] for b in keep], [act[b] for b in keep]
-        out = model(input_ids=torch.tensor(feed, device=dev)[:, None], attention_mask=attn,
-                    position_ids=pos[:, None], past_key_values=cache, use_cache=True)
-        logits = out.logits[:, -1]
+            progress(sum(rows[i].done for i in B.act) - was_done, n_sampled)
+        if any(feeds):
+            B.forward(feeds)
     return _finish(rows, tok)
-
-
-def _rollback(row, b, cols, attn, live, cut, feedback):
-    """Self-correction on the KV cache: mask row b's dropped columns. The next step needs logits
-    that condition on history up to r_t^pre only, so the last kept token is dropped too and fed
-    again (replayed); when nothing generated is kept, the prefill logits are reused instead."""
-    r = row.r
-    replay = cut > r.prefix_len
-    keep = len(r.prompt_ids) + cut - (1 if replay else 0)   # context tokens whose cache columns stay
-    attn[b, cols[keep:]] = 0
-    del cols[keep:]
-    live[b] = keep
-    row.pending = [(r.response_ids[cut - 1], r.mask[cut - 1], r.logprobs[cut - 1])] if replay else []
-    row.pending += [(t, 0, 0.0) for t in feedback]
-    row.use_prefill_logits = not row.pending
-    row.truncate(cut - 1 if replay else cut)
-    row.seg = min(row.seg, len(r.response_ids))
 
 # -----------------------------------------------------------------------------
 # The vLLM fast path: same rows, same bookkeeping; vLLM stops on ``` or an end token, we resubmit token ids
@@ -542,10 +649,11 @@ class VLLM:
         from transformers import AutoConfig, GenerationConfig
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process
         self.gpu = torch.cuda.is_available()
-        # A CPU gets fp32, as in `load` (bf16 matmuls fall back to slow kernels without AVX512-BF16), and
-        # eager mode: compiling took 75-90 s at each start (its compile cache failed to reload), eager
-        # ~13 s. A GPU keeps the checkpoint's dtype and compiled CUDA graphs.
-        defaults = {} if self.gpu else dict(enforce_eager=True, dtype="float32")
+        # A CPU gets `sampling_dtype`, as in `load`, and eager mode: compiling took 75-90 s at each start
+        # (its compile cache failed to reload), eager ~13 s. A GPU keeps the checkpoint's dtype and
+        # compiled CUDA graphs.
+        dtype = str(sampling_dtype(path, "cpu")).removeprefix("torch.")
+        defaults = {} if self.gpu else dict(enforce_eager=True, dtype=dtype)
         if dist.is_initialized() and dist.get_world_size() > 1:
             defaults["distributed_executor_backend"] = "external_launcher"
         self.llm = LLM(model=path, seed=seed, gpu_memory_utilization=gpu_memory, enable_prefix_caching=True,
@@ -599,25 +707,30 @@ def _vllm_rollout(engine, tok, prompts, sandbox, n, prefixes, cfg, sampling, see
     from sandbox import format_observation
     rows = [_Row(p, prefixes[i] if prefixes else [], tok, cfg[i]) for i, p in enumerate(prompts) for _ in range(n)]
     for rnd in range(10 ** 6):
-        act = [row for row in rows if not row.done]
+        act = [(k, row) for k, row in enumerate(rows) if not row.done]
         if not act:
             break
-        sampled = sum(row.r.generated for row in act)
+        sampled = sum(row.r.generated for _, row in act)
+        # Stop strings: inside an open block the next ``` closes it; outside, "```\n" (a closing fence ends
+        # its line; an opening one, ```python, does not match, so it costs no extra round). A close that
+        # no stop string catches is still found token by token below, at the same token as our sampler.
+        # Seeds: one per (seed, row, round), distinct for any number of rows.
         params = [dict(temperature=sampling["temperature"], top_p=sampling["top_p"], top_k=sampling["top_k"] or -1,
                        max_tokens=row.cfg["max_new_tokens"] - (len(row.r.response_ids) - row.r.prefix_len),
-                       stop=["```"], include_stop_str_in_output=True, stop_token_ids=sorted(row.cfg["eos"]), logprobs=0,
-                       seed=None if seed is None else seed + 1000 * rnd + k) for k, row in enumerate(act)]
-        outs = engine.generate([row.r.prompt_ids + row.r.response_ids for row in act], params)
+                       stop=["```"] if row.code_start is not None else ["```\n"], include_stop_str_in_output=True,
+                       stop_token_ids=sorted(row.cfg["eos"]), logprobs=0,
+                       seed=None if seed is None else hash((seed, k, rnd)) % 2 ** 63) for k, row in act]
+        outs = engine.generate([row.r.prompt_ids + row.r.response_ids for _, row in act], params)
         to_run = []
-        for row, c in zip(act, outs):
+        for (_, row), c in zip(act, outs):
             code = None
             for t, lp in zip(c.token_ids, c.logprobs):
-                code = row.push(t, 1, lp[t].logprob)  # an end token finishes the row as "eos"
+                code = row.sample(t, lp[t].logprob)  # an end token finishes the row as "eos"
                 if row.done or code is not None:
                     break
             if code is not None:
                 to_run.append((row, code))
-            elif not row.done and c.stop_reason != "```":  # vLLM ended it otherwise (e.g. max_model_len)
+            elif not row.done and c.finish_reason != "stop":  # vLLM ended it otherwise (e.g. max_model_len)
                 row.finish("length" if c.finish_reason == "length" else "eos")
         results = sandbox.run_many([c for _, c in to_run]) if to_run else []
         for (row, code), res in zip(to_run, results):
@@ -625,12 +738,11 @@ def _vllm_rollout(engine, tok, prompts, sandbox, n, prefixes, cfg, sampling, see
             if action:  # ("rollback", cut, feedback): in token space a rollback is just a truncation
                 row.truncate(action[1])
                 row.pending = [(t, 0, 0.0) for t in action[2]]
-            for t, m, lp in row.pending:
-                row.push(t, m, lp)
+            row.feed_pending(len(row.pending))   # stops at the budget, as our sampler does
             row.pending = []
             row.seg = len(row.r.response_ids)
         if progress:  # one round: every active row up to its next tool call or its end
-            progress(sum(row.done for row in act), sum(row.r.generated for row in act) - sampled)
+            progress(sum(row.done for _, row in act), sum(row.r.generated for _, row in act) - sampled)
     return _finish(rows, tok)
 
 # -----------------------------------------------------------------------------
@@ -639,14 +751,15 @@ def _vllm_rollout(engine, tok, prompts, sandbox, n, prefixes, cfg, sampling, see
 
 def rollout(model, tok, prompts, sandbox=None, *, n=1, max_new_tokens=512, temperature=1.0, top_p=1.0, top_k=0,
             seed=None, max_tool_calls=5, stop_after_call=False, prefixes=None, n_corr=0, l_suf=500,
-            retry_sees_error=False, progress=None):
+            retry_sees_error=False, progress=None, max_rows=ROWS):
     """Tool-integrated rollouts for `prompts` (lists of token ids), `n` samples each, in order
     prompt 0 sample 0..n-1, prompt 1 sample 0..n-1, ... `model` is an HF causal LM (the reference
     KV-cached sampler) or a `VLLM` engine. Returns a list of `Rollout`. `max_new_tokens` caps each
     response: every token after the prompt (and prefix), tool output included; an int, or one per
     prompt (step-level RL gives each prefix its own budget). `progress(finished, tokens)`, if given, is
     called while the batch decodes with the rollouts just finished and the tokens just sampled (the HF
-    sampler: every step; vLLM: after each round)."""
+    sampler: every step; vLLM: after each round). Our sampler decodes at most `max_rows` rows at a time;
+    the others wait and enter as rows finish (memory stays bounded however many rows are asked for)."""
     cfg = dict(eos=eos_ids(model, tok),
                max_tool_calls=max_tool_calls, stop_after_call=stop_after_call, n_corr=n_corr, l_suf=l_suf,
                retry_sees_error=retry_sees_error)
@@ -658,7 +771,7 @@ def rollout(model, tok, prompts, sandbox=None, *, n=1, max_new_tokens=512, tempe
         sandbox = Sandbox()
     if isinstance(model, VLLM):
         return _vllm_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress)
-    return _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress)
+    return _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress, max_rows)
 
 
 LOGPROB_CHUNK = 512  # positions per output-head slice in `logprobs`

@@ -471,7 +471,7 @@ def sync(engine, policy, dtype):
 def main(argv=None):
     args = parse_args(argv)
     if args.plan:  # config.json only: no data, no weights, no process group
-        rows = (args.rollout_chunk or math.ceil(args.batch_problems / args.nproc)) * args.group_size
+        rows = min((args.rollout_chunk or math.ceil(args.batch_problems / args.nproc)) * args.group_size, model.ROWS)
         raise SystemExit(model.print_plan(args.model, args.nproc, args.gpu_memory, seq=512 + args.max_new_tokens,
                                           micro_batch=args.micro_batch, grad_ckpt=args.grad_checkpointing,
                                           cpu_offload=args.cpu_offload, engine=args.engine,

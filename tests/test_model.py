@@ -228,3 +228,63 @@ def test_chunked_logprobs_equal_whole_logits(tiny_dir):
         assert torch.allclose(lp, whole, rtol=0, atol=1e-5)
         assert all(torch.allclose(a, b, rtol=0, atol=1e-5) for a, b in zip(g, g_whole))
     assert m(input_ids=ids).logits.shape == (3, 40, len(tok))   # the head is restored after the call
+
+
+def test_generated_counts_a_replayed_token_once(tiny_dir, sandbox):
+    """A rollback whose cut falls inside sampled text replays the last kept token (fed again, not
+    sampled again): `generated` counts the tokens the sampler drew, every step's `progress` report summed."""
+    _, tok = model.load(tiny_dir)
+    m = ScriptedLM(tok, code_policy(["print(1/0)", "print(7)"]))
+    drawn = []
+    r = model.rollout(m, tok, prompts_for(tok, ["qg"]), sandbox, max_new_tokens=200, temperature=0, n_corr=1, l_suf=2,
+                      progress=lambda f, t: drawn.append(t))[0]
+    assert r.corrections == 1 and r.calls[0].ok
+    assert r.generated == sum(drawn) > sum(r.mask)
+
+
+class Widths(torch.nn.Module):
+    """Records the (rows, positions) of every forward call a model makes."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.seen = []
+        m.register_forward_pre_hook(lambda mod, a, kw: self.seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+
+
+def test_rows_wait_in_a_queue_and_observations_go_in_one_forward(tiny_dir, sandbox, monkeypatch):
+    """At most max_rows rows decode at once (the rest enter as rows finish), and tool output is fed in
+    one forward: the rollouts are those of one wide batch fed token by token, rollbacks included."""
+    _, tok = model.load(tiny_dir)
+    codes = {"qa": ["print(1/0)", "print(7)"], "qbb": ["print(2)"], "qccc": ["print(undefined)"], "qd": ["print(4)"],
+             "qeeeee": ["print(5)"]}
+    def run(**kw):
+        m = ScriptedLM(tok, lambda p, r, k: code_policy(next(v for q, v in codes.items() if q + "\n" in p))(p, r, k))
+        w = Widths(m)
+        rs = model.rollout(m, tok, prompts_for(tok, list(codes)), sandbox, n=2, max_new_tokens=300, temperature=0,
+                           n_corr=2, l_suf=3, max_tool_calls=3, **kw)
+        return [(r.text, r.mask, r.corrections, r.generated) for r in rs], w.seen
+    monkeypatch.setattr(model, "OBS_CHUNK", 1)
+    ref, seen_ref = run()
+    assert max(rows for rows, _ in seen_ref) == 10 and all(k == 1 for _, k in seen_ref[1:])
+    monkeypatch.setattr(model, "OBS_CHUNK", 32)
+    got, seen = run(max_rows=3)
+    assert got == ref
+    assert max(rows for rows, _ in seen) <= 3
+    assert max(k for _, k in seen[1:] if k < 20) > 1   # some decoding step fed several forced tokens
+    monkeypatch.setattr(model, "REGROUP", 0.0)     # regroup at every finished row: the same rollouts
+    assert run(max_rows=4)[0] == ref
+
+
+def test_queued_rows_and_chunks_keep_the_numbers(tiny_dir, sandbox, monkeypatch):
+    """On a real network: rows regrouped out of a queue (right-aligned in a cache of another width) sample
+    what one batch samples, and their log-probs agree to fp32 summation order."""
+    m, tok = model.load(tiny_dir)
+    prompts = prompts_for(tok, ["What is 2+3?", "hi", "A warehouse has 12 crates with 7 bolts each. How many bolts?"])
+    monkeypatch.setattr(model, "REGROUP", 0.0)
+    budgets = [8, 20, 13]   # rows finish at different steps: kept rows and new ones share a cache
+    got = model.rollout(m, tok, prompts, sandbox, n=3, max_new_tokens=budgets, temperature=0.8, seed=5, max_rows=4)
+    for b in got:
+        full = model.logprobs(m, torch.tensor([b.prompt_ids + b.response_ids]), temperature=0.8)[0, len(b.prompt_ids):]
+        assert torch.allclose(torch.tensor(b.logprobs), full, atol=1e-4)
+    greedy = [model.rollout(m, tok, prompts, sandbox, n=2, max_new_tokens=budgets, temperature=0, max_rows=w) for w in (6, 4)]
+    assert [r.response_ids for r in greedy[0]] == [r.response_ids for r in greedy[1]]

@@ -57,3 +57,36 @@ def test_vllm_rows_stop_on_a_generation_config_end_token(tiny_dir, sandbox):
     assert all(im_end in p["stop_token_ids"] and tok.eos_token_id in p["stop_token_ids"] for p in engine.requests)
     ours = model.rollout(engine, tok, [prompt], sandbox, max_new_tokens=5, temperature=0)[0]
     assert ours.finish == "length" and len(ours.response_ids) == 5
+
+
+CALL = "Let me compute.\n```python\nprint(6*7)\n```"
+
+
+def test_vllm_rows_budget_stops_inside_tool_output(tiny_dir, sandbox):
+    """The budget counts tool output: a row that reaches it while its observation is pushed stops there."""
+    tok = model.load(tiny_dir)[1]
+    engine = FakeVLLM(tok, CALL + model.observation_text("42") + "So \\boxed{42}.<|endoftext|>", [tok.eos_token_id])
+    prompt = model.encode_prompt(tok, "What is 6 * 7?")
+    whole = model.rollout(engine, tok, [prompt], sandbox, max_new_tokens=200, temperature=0)[0]
+    budget = whole.calls[0].end + 3
+    r = model.rollout(engine, tok, [prompt], sandbox, max_new_tokens=budget, temperature=0)[0]
+    assert r.finish == "length" and r.response_ids == whole.response_ids[:budget]
+
+
+def test_vllm_rows_an_opening_fence_costs_no_round(tiny_dir, sandbox):
+    """One request runs to the closing fence (the opening ```python does not stop it), one more to the end."""
+    tok = model.load(tiny_dir)[1]
+    engine = FakeVLLM(tok, CALL + model.observation_text("42") + "So \\boxed{42}.<|endoftext|>", [tok.eos_token_id])
+    r = model.rollout(engine, tok, [model.encode_prompt(tok, "What is 6 * 7?")], sandbox, max_new_tokens=200, temperature=0)[0]
+    assert r.tool_calls == 1 and r.calls[0].ok and r.finish == "eos"
+    assert len(engine.requests) == 2 and engine.requests[1]["stop"] == ["```\n"]
+
+
+def test_vllm_rows_seeds_are_distinct_across_rows_and_rounds(tiny_dir, sandbox):
+    tok = model.load(tiny_dir)[1]
+    # a fence without a language stops a request (and runs nothing): three rounds per row
+    engine = FakeVLLM(tok, "```\nx\n```\nSo \\boxed{1}.<|endoftext|>", [tok.eos_token_id])
+    rs = model.rollout(engine, tok, [model.encode_prompt(tok, "hi")], sandbox, n=1100, max_new_tokens=100, seed=7)
+    assert all(r.finish == "eos" for r in rs)
+    seeds = [p["seed"] for p in engine.requests]
+    assert len(seeds) == 3 * 1100 and len(set(seeds)) == len(seeds)
