@@ -166,11 +166,11 @@ def equal_work_vllm(engine, prompts, new_tokens, device):
     return len(prompts) * new_tokens / t, None
 
 
-def rl_rollouts(engine, tok, prompts, prefixes, args, sb, steps):
+def rl_rollouts(engine, tok, prompts, prefixes, args, sb, steps, **kw):
     """(b) with model.rollout on `engine` (our sampler or vLLM): G samples per prompt at T = 1."""
     sb.seconds = 0.0
     rs, t = timed(lambda: M.rollout(engine, tok, prompts, sb, n=args.group, prefixes=prefixes, max_new_tokens=args.rl_tokens,
-                                    temperature=1.0, seed=0), args.device)
+                                    temperature=1.0, seed=0, **kw), args.device)
     rows, pos = steps.take()
     return dict(wall=t, rps=len(rs) / t, row_steps=rows if rows else None, positions=pos if pos else None, tool_s=sb.seconds,
                 forced=sum(r.mask.count(0) - r.prefix_len for r in rs), calls=sum(r.tool_calls for r in rs),
@@ -231,6 +231,17 @@ def real_model(args):
         steps.take()
         b = {"ours": rl_rollouts(m, tok, prompts[:args.prompts], pre, args, sb, steps),
              "hf_generate": rl_shape_hf(m, tok, prompts[:args.prompts], pre, args, steps)}
+        if args.ablate:  # each change to our sampler undone alone
+            m32 = M.load(args.model, device=args.device, dtype=torch.float32)[0]
+            steps32 = Steps(m32)
+            a32 = equal_work(m32, tok, prompts[:args.equal_rows], args.equal_tokens, args.device, steps32)
+            abl = {"fp32": rl_rollouts(m32, tok, prompts[:args.prompts], pre, args, sb, steps32)}
+            for name, attr, value in [("observations token by token", "OBS_CHUNK", 1), ("regroup at every finished row", "REGROUP", 0.0)]:
+                old, _ = getattr(M, attr), setattr(M, attr, value)
+                abl[name] = rl_rollouts(m, tok, prompts[:args.prompts], pre, args, sb, steps)
+                setattr(M, attr, old)
+            rows = args.prompts * args.group // 4
+            abl[f"{rows} rows at a time, the rest queued"] = rl_rollouts(m, tok, prompts[:args.prompts], pre, args, sb, steps, max_rows=rows)
         if importlib.util.find_spec("vllm"):  # last: the engine binds this process's threads when it starts
             engine = M.VLLM(args.model, seed=0)
             a["vllm"] = equal_work_vllm(engine, prompts[:args.equal_rows], args.equal_tokens, args.device)
@@ -249,6 +260,15 @@ def real_model(args):
         print(f"  {name:<12}{r['wall']:>8.1f}{r['rps']:>12.3f}{r['rps'] / b['hf_generate']['rps']:>7.2f}"
               f"{r['row_steps'] or '-':>11}{r['positions'] or '-':>11}{r['forced']:>8}{r['calls']:>7}{r['tool_s']:>8.1f}"
               f"{r['length']:>10.1f}" + (f"  (HF: {r['config']})" if "config" in r else ""))
+    if args.ablate:
+        print(f"(a) in fp32: ours {a32['ours'][0]:.1f}, HF generate {a32['hf_generate'][0]:.1f} positions/s "
+              f"({a32['ours'][0] / a32['hf_generate'][0]:.2f}x); {dtype} / fp32: ours {a['ours'][0] / a32['ours'][0]:.2f}x, "
+              f"HF generate {a['hf_generate'][0] / a32['hf_generate'][0]:.2f}x")
+        print(f"(b) our sampler with one change undone (all of them: {b['ours']['rps']:.3f} rollouts/s)")
+        print(f"  {'undone':<36}{'wall s':>8}{'rollouts/s':>12}{'all / this':>12}{'row-steps':>11}{'positions':>11}{'mean len':>10}")
+        for name, r in abl.items():
+            print(f"  {name:<36}{r['wall']:>8.1f}{r['rps']:>12.3f}{b['ours']['rps'] / r['rps']:>12.2f}{r['row_steps']:>11}"
+                  f"{r['positions']:>11}{r['length']:>10.1f}")
     print("one RL iteration (rl.py, G = 4, 2 problems, 128 new tokens), seconds rollout / tools / update:")
     for name in ["hf"] + ["vllm"] * bool(importlib.util.find_spec("vllm")):
         print(f"  --engine {name:<5} " + " / ".join(f"{x:.1f}" for x in rl_iteration(args, name)))
@@ -268,6 +288,8 @@ def main():
     p.add_argument("--prompts", type=int, default=4, help="--model (b): prompts")
     p.add_argument("--group", type=int, default=16, help="--model (b): G, samples per prompt")
     p.add_argument("--rl-tokens", type=int, default=256, help="--model (b): response budget")
+    p.add_argument("--ablate", action="store_true", help="--model: also each change to our sampler undone alone "
+                   "(fp32 instead of bf16, observations token by token, regroup at every finished row, a quarter of the rows at a time)")
     p.add_argument("--naive-tokens", type=int, default=32, help="tokens the no-cache loop runs on the 100M model")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
