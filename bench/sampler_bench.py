@@ -17,7 +17,9 @@ template, every engine in the dtype `model.load` picks for the device, two workl
       come: wall time and rollouts/s of our sampler, of HF `generate` (no tools: it just continues; the
       faster of one call with num_return_sequences and a call per prompt) and of vLLM, with row-steps
       (rows summed over forward calls), positions, forced tokens and tool calls;
-then one rl.py iteration per engine (rollout / tools / update seconds). The last two lines are
+then vLLM's weight-sync routes (streamed, through the disk, a new engine), one rl.py iteration per
+engine (rollout / tools / update seconds), and with --ablate each change to our sampler undone alone
+on (b) (and fp32 on (a)). The last two lines are
 `equal_work_vs_hf_generate: <x>` and `rl_shape_vs_hf_generate: <y>` (ours over HF generate).
 
     python bench/sampler_bench.py                 # CPU, both random models
@@ -199,6 +201,22 @@ def rl_shape_hf(m, tok, prompts, prefixes, args, steps):
     return best
 
 
+def weight_sync(engine, m, tok):
+    """vLLM's weight-sync routes: streamed `VLLM.sync_weights`, saving the model dir + `reload_weights`
+    from it, saving + starting a new engine. -> (tensors, streamed s, save + reload s, save + new engine s, start s)"""
+    engine.sync_weights(m.state_dict().items())  # warm-up: the first reload pays one-time costs
+    t0 = time.perf_counter()
+    n = engine.sync_weights(m.state_dict().items())
+    t_stream = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        M.save(m, tok, d)
+        t_save = time.perf_counter() - t0
+        engine.llm.collective_rpc("reload_weights", kwargs=dict(weights_path=d))
+        t_disk = time.perf_counter() - t0
+    return n, t_stream, t_disk, t_save + engine.start_s, engine.start_s
+
+
 def rl_iteration(args, engine):
     """One rl.py iteration in a subprocess -> its logged (rollout, tools, update) seconds."""
     import json
@@ -243,10 +261,13 @@ def real_model(args):
             rows = args.prompts * args.group // 4
             abl[f"{rows} rows at a time, the rest queued"] = rl_rollouts(m, tok, prompts[:args.prompts], pre, args, sb, steps, max_rows=rows)
         if importlib.util.find_spec("vllm"):  # last: the engine binds this process's threads when it starts
+            t0 = time.perf_counter()
             engine = M.VLLM(args.model, seed=0)
+            engine.start_s = time.perf_counter() - t0
             a["vllm"] = equal_work_vllm(engine, prompts[:args.equal_rows], args.equal_tokens, args.device)
             rl_rollouts(engine, tok, prompts[:2], pre[:2], args, sb, steps)  # warm-up
             b["vllm"] = rl_rollouts(engine, tok, prompts[:args.prompts], pre, args, sb, steps)
+            sync = weight_sync(engine, m, tok)
     print(f"(a) equal work: {args.equal_rows} rows, greedy, no tools, end tokens ignored, every row {args.equal_tokens} "
           f"new positions on every engine")
     print(f"  {'engine':<12}{'positions/s':>12}{'vs HF':>7}{'row-steps':>11}")
@@ -269,6 +290,9 @@ def real_model(args):
         for name, r in abl.items():
             print(f"  {name:<36}{r['wall']:>8.1f}{r['rps']:>12.3f}{b['ours']['rps'] / r['rps']:>12.2f}{r['row_steps']:>11}"
                   f"{r['positions']:>11}{r['length']:>10.1f}")
+    if importlib.util.find_spec("vllm"):
+        print("vLLM weight sync, seconds: streamed sync_weights ({} tensors) {:.2f} | save + reload_weights from the "
+              "dir {:.2f} | save + a new engine {:.1f} (its start {:.1f})".format(*sync))
     print("one RL iteration (rl.py, G = 4, 2 problems, 128 new tokens), seconds rollout / tools / update:")
     for name in ["hf"] + ["vllm"] * bool(importlib.util.find_spec("vllm")):
         print(f"  --engine {name:<5} " + " / ".join(f"{x:.1f}" for x in rl_iteration(args, name)))
