@@ -158,9 +158,9 @@ NAMES = dict(math500="MATH500", aime24="AIME24", aime25="AIME25", amc23="AMC23",
              humaneval="HumanEval")
 TOY_MAX_NEW_TOKENS = 256
 CODE_INSTRUCTION = ("This is a programming task, with no \\boxed{{}} answer: write the Python function "
-                    "`{entry_point}`. You may run code to test it (each ```python block is run and you see its output). End with the "
-                    "complete solution in one last ```python block that defines `{entry_point}` and imports what it "
-                    "needs: that block is graded against hidden tests.")
+                    "`{entry_point}`. You may run code to test it (each ```python block is run and you see its "
+                    "output). End with the complete solution in one last ```python block that defines "
+                    "`{entry_point}` and imports what it needs: that block is graded against hidden tests.")
 _data = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
 DEFAULT_DATA_DIR = _data if os.path.isdir(_data) else None
 
@@ -258,7 +258,8 @@ def generate(args, problems, pred_path):
                 engine, tok, [model.encode_prompt(tok, p["problem"], args.template) for p in chunk], sb,
                 n=args.k, max_new_tokens=token_budget(args, b), temperature=args.temperature, top_p=args.top_p,
                 top_k=args.top_k, seed=chunk_seed(args.seed, b, chunk[0]["id"]), max_tool_calls=args.max_tool_calls,
-                n_corr=args.self_correction, l_suf=args.l_suf, progress=progress)  # prompt 0 samples 0..k-1, prompt 1 ...
+                n_corr=args.self_correction, l_suf=args.l_suf, progress=progress)
+            # rollouts are in prompt order: prompt 0's samples 0..k-1, then prompt 1's ...
             if b in CODE:  # checked later, once per solution (decision 6)
                 graded = [{} for _ in rollouts]
             else:
@@ -508,7 +509,8 @@ def score(preds, k):
             "n": len(ids), "k": k_b, "samples": len(rs_all),
             "avg@k": 100 * _mean([_mean([r["correct"] for r in rs]) for rs in firsts]),
             "pass@k": 100 * _mean([pass_at_k(len(rs), sum(r["correct"] for r in rs), k_b) for rs in ids.values()]),
-            "maj@k": None if maj is None else 100 * _mean([w is not None and rs[w]["correct"] for w, rs in zip(maj, firsts)]),
+            "maj@k": None if maj is None else 100 * _mean([w is not None and rs[w]["correct"] for w,
+                                                           rs in zip(maj, firsts)]),
             "tokens": _mean([r.get("tokens") for r in rs_all]),
             "tool_calls": _mean([r["tool_calls"] for r in tool]),
             "tool_success": _pct(calls - sum(r.get("tool_errors", 0) for r in tool), calls),
@@ -572,7 +574,8 @@ def format_table(report):
               f"{'correct':<12}{t['correct_code_ok']:>13}{t['correct_code_failed']:>13}",
               f"{'incorrect':<12}{t['incorrect_code_ok']:>13}{t['incorrect_code_failed']:>13}",
               f"P(correct | code ok) {_cell(t['acc_code_ok'], '{:.1f}%')}, P(correct | code failed) "
-              f"{_cell(t['acc_code_failed'], '{:.1f}%')}, chi2 {_cell(t['chi2'], '{:.1f}')} (p {_cell(t['p'], '{:.2g}')})"]
+              f"{_cell(t['acc_code_failed'], '{:.1f}%')}, chi2 {_cell(t['chi2'], '{:.1f}')} (p "
+              f"{_cell(t['p'], '{:.2g}')})"]
     return "\n".join(lines)
 
 
@@ -658,7 +661,8 @@ def main(argv=None):
     report = build_report(score(preds, args.k), preds, args, source, totals)
     for b, m in report["benchmarks"].items():
         if m["problems_in_benchmark"] and m["n"] < m["problems_in_benchmark"]:
-            print(f"note: {NAMES[b]} covers {m['n']} of {m['problems_in_benchmark']} problems: not comparable to the paper")
+            print(f"note: {NAMES[b]} covers {m['n']} of {m['problems_in_benchmark']} problems: "
+                  "not comparable to the paper")
         if m["k"] < args.k:
             print(f"note: {NAMES[b]} has problems with only {m['k']} samples: pass@k and maj@k use k={m['k']}")
     with open(os.path.join(out, "report.json"), "w") as f:

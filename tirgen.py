@@ -61,7 +61,8 @@ TOY_TEMPLATES = {
     "add": "A farm sold {0}, {1} and {2} eggs on three days. How many eggs did it sell in total?",
     "mod": "{0} marbles are packed into bags of {1}. How many marbles are left over?",
     "eq": "Solve {0}*x + {1} = {2} for x.",
-    "mulmod": "A shop has {0} boxes with {1} pens in each box. The pens are shared equally among {2} classes. How many pens are left over?",
+    "mulmod": "A shop has {0} boxes with {1} pens in each box. The pens are shared equally among {2} classes. "
+              "How many pens are left over?",
 }
 
 
@@ -208,8 +209,10 @@ TOY_CODE = [  # the toy critic's code per computation it recognises: library cal
     (r"\d+ % \d+", ["import sympy\nprint(sympy.Mod({nums}))", "import numpy as np\nprint(np.mod({nums}))",
                     "import operator\nprint(operator.mod({nums}))"]),
     (r"\(\d+ - \d+\) / \d+", ["import sympy\nprint(sympy.Rational({0} - {1}, {2}))",
-                               "from sympy import symbols, solve\nx = symbols('x')\nprint(solve({2}*x + {1} - {0}, x)[0])",
-                               "import sympy\nx = sympy.Symbol('x')\nprint(sympy.solve(sympy.Eq({2}*x + {1}, {0}), x)[0])"]),
+                               "from sympy import symbols, solve\nx = symbols('x')\n"
+                               "print(solve({2}*x + {1} - {0}, x)[0])",
+                               "import sympy\nx = sympy.Symbol('x')\n"
+                               "print(sympy.solve(sympy.Eq({2}*x + {1}, {0}), x)[0])"]),
 ]
 ARITH = re.compile(r"(\(?\d+(?: [-+*/%] \(?\d+\)?)+) = (-?\d+)")  # "a OP b = c", as the toy actor writes it
 
@@ -337,8 +340,10 @@ def build_agents(args, sandbox):
     backend = {spec: endpoint_backend(spec, sampling) if spec.startswith(("http://", "https://"))
                else model_backend(spec, args.engine, args.template, sandbox, sampling)
                for spec in {args.actor, args.critic} - {"toy"}}  # one model even when it plays both roles
-    actor = toy_actor(args.toy_slip, args.toy_words) if args.actor == "toy" else llm_actor(*backend[args.actor], args.L_step)
-    critic = toy_critic(args.toy_bug) if args.critic == "toy" else llm_critic(*backend[args.critic], args.critic_max_tokens)
+    actor = (toy_actor(args.toy_slip, args.toy_words) if args.actor == "toy"
+             else llm_actor(*backend[args.actor], args.L_step))
+    critic = (toy_critic(args.toy_bug) if args.critic == "toy"
+              else llm_critic(*backend[args.critic], args.critic_max_tokens))
     return actor, critic
 
 # -----------------------------------------------------------------------------
@@ -520,19 +525,23 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Data
     p.add_argument("--data", default="data/toy_train.jsonl", help="problems JSONL (id, problem, answer)")
-    p.add_argument("--trajectories", default="out/toy_trajectories.jsonl", help="raw trajectories JSONL (appended; resumable)")
+    p.add_argument("--trajectories", default="out/toy_trajectories.jsonl",
+                   help="raw trajectories JSONL (appended; resumable)")
     p.add_argument("--out", default="out/toy_sft.jsonl", help="filtered SFT samples JSONL (rewritten)")
     p.add_argument("--make-toy-data", action="store_true", help="rewrite data/toy_{train,test}.jsonl and exit")
     # Agents
     p.add_argument("--actor", default="toy", help="toy | model dir | URL of an OpenAI-compatible server")
     p.add_argument("--critic", default="toy", help="toy | model dir | URL of an OpenAI-compatible server")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="sampler for model dirs")
-    p.add_argument("--template", choices=["raw", "chat", "thinking"], default="raw", help="prompt template for model dirs")
+    p.add_argument("--template", choices=["raw", "chat", "thinking"], default="raw",
+                   help="prompt template for model dirs")
     p.add_argument("--toy-slip", type=float, default=0.5, help="toy actor: chance a head computation is wrong")
-    p.add_argument("--toy-words", type=float, default=0.1, help="toy actor: chance a step is worded so the critic misses it")
+    p.add_argument("--toy-words", type=float, default=0.1,
+                   help="toy actor: chance a step is worded so the critic misses it")
     p.add_argument("--toy-bug", type=float, default=0.05, help="toy critic: chance its block forgets the import")
     # Generation (Algorithm 1)
-    p.add_argument("--L-step", dest="L_step", type=int, default=512, help="max tokens per actor step (paper: 512 non-reasoning, 4096 reasoning)")
+    p.add_argument("--L-step", dest="L_step", type=int, default=512,
+                   help="max tokens per actor step (paper: 512 non-reasoning, 4096 reasoning)")
     p.add_argument("--critic-max-tokens", type=int, default=1024, help="max tokens of a critic reply")
     p.add_argument("--max-steps", type=int, default=8, help="actor steps per attempt before giving up (the budget)")
     p.add_argument("--attempts", type=int, default=1, help="tries per problem, all written (release: 4)")
@@ -545,8 +554,10 @@ def main(argv=None):
     p.add_argument("--sandbox-workers", type=int, default=4, help="sandbox processes")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per code block")
     # Filter
-    p.add_argument("--keep-one-call", type=float, default=0.5, help="share of 1-call samples kept (call-round balancing)")
-    p.add_argument("--drop-cot-solved", action="store_true", help="run a pure-CoT pass (the actor alone) and drop problems it solves")
+    p.add_argument("--keep-one-call", type=float, default=0.5,
+                   help="share of 1-call samples kept (call-round balancing)")
+    p.add_argument("--drop-cot-solved", action="store_true",
+                   help="run a pure-CoT pass (the actor alone) and drop problems it solves")
     args = p.parse_args(argv)
     if args.make_toy_data:
         write_toy_data()
@@ -569,9 +580,9 @@ def main(argv=None):
     records = [r for r in read_jsonl(args.trajectories, TRAJ_FIELDS) if r["id"] in ids]
     lacking = [r for r in records if args.drop_cot_solved and "cot_correct" not in r]
     if lacking:  # written by a run without the flag: the stage would keep them all, silently
-        raise SystemExit(f"{args.trajectories}: {len(lacking)} trajectories (e.g. id {lacking[0]['id']!r}) were written "
-                         "without the pure-CoT pass that --drop-cot-solved needs; write them again into a new "
-                         "--trajectories file with the flag, or drop it")
+        raise SystemExit(f"{args.trajectories}: {len(lacking)} trajectories (e.g. id {lacking[0]['id']!r}) "
+                         "were written without the pure-CoT pass that --drop-cot-solved needs; write them again into a "
+                         "new --trajectories file with the flag, or drop it")
     rules = RULES + ([("pure CoT already solves it", cot_unsolved)] if args.drop_cot_solved else [])
     kept, rows, before = multi_stage_filter(records, rules, args.keep_one_call, args.seed)
     report(rows, before, kept)
