@@ -72,9 +72,11 @@ def test_other_right_solutions_pass_and_near_misses_fail(checker, tasks):
         (he["HumanEval/5"], "def intersperse(numbers, delimeter):\n    out = []\n    for x in numbers:\n"
                             "        out += [x, delimeter]\n    return out[:-1]\n"),
         (mb["Mbpp/2"], "def similar_elements(a, b):\n    return tuple(sorted(set(a) & set(b), reverse=True))\n"),
-        (he["HumanEval/2"], "def truncate_number(number):\n    return round(number % 1.0, 3)\n"),    # off by > atol on plus
-        (he["HumanEval/0"], "def has_close_elements(numbers, threshold):\n    xs = numbers[:6]\n    return any(abs(xs[i] - "
-                            "xs[j]) < threshold for i in range(len(xs)) for j in range(i))\n"),  # right on HumanEval's inputs only
+        (he["HumanEval/2"],
+         "def truncate_number(number):\n    return round(number % 1.0, 3)\n"),    # off by > atol on plus
+        (he["HumanEval/0"],
+         "def has_close_elements(numbers, threshold):\n    xs = numbers[:6]\n    return any(abs(xs[i] - "
+         "xs[j]) < threshold for i in range(len(xs)) for j in range(i))\n"),  # right on HumanEval's inputs only
     ]
     verdicts = rewards.check_code(checker, jobs)
     assert [(v["passed_base"], v["passed_plus"]) for v in verdicts] == [(True, True)] * 3 + [(True, False)] * 2

@@ -37,7 +37,8 @@ def scripted_samples(n, vocab, seed):
     out = []
     for _ in range(n):
         p, r = rng.randint(3, 6), rng.randint(3, 9)
-        out.append(rl.Sample([rng.randrange(vocab) for _ in range(p + r)], [0] * p + [1] * r, rng.uniform(-1.5, 1.5), 1.0))
+        out.append(rl.Sample([rng.randrange(vocab) for _ in range(p + r)], [0] * p + [1] * r,
+                             rng.uniform(-1.5, 1.5), 1.0))
     return out
 
 
@@ -91,7 +92,8 @@ def two_ranks(tiny_dir, tmp_path_factory):
     (d / "worker.py").write_text(WORKER.format(root=ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(d / "worker.py"),
            tiny_dir, data, str(d)]
-    p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                       timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     return str(d), data, [torch.load(d / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
@@ -270,6 +272,8 @@ def test_an_exception_on_one_rank_ends_the_job(tmp_path):
     """model.exit_on_error: the failing rank leaves at once (no teardown), so torchrun stops the job in
     seconds instead of waiting for a collective or a blocked teardown (600 s here)."""
     (tmp_path / "failing.py").write_text(FAILING.format(root=ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(tmp_path / "failing.py")]
-    p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "failing.py")]
+    p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                       timeout=120)
     assert p.returncode != 0 and "rank 1 fails mid-run" in p.stderr

@@ -20,7 +20,8 @@ import model  # noqa: E402
 
 PROBLEMS = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many "
             "clips did Natalia sell altogether?", "What is 17 * 23?",
-            "Weng earns $12 an hour for babysitting. Yesterday, she did 50 minutes of babysitting. How much did she earn?"]
+            "Weng earns $12 an hour for babysitting. Yesterday, she did 50 minutes of babysitting. How much did she "
+            "earn?"]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,8 @@ def test_tool_output_in_one_forward_keeps_the_logprobs(smollm2, sandbox, monkeyp
     same greedy tokens and log-probs within 1e-4 (bf16 rounding is larger: 1e-4 is fp32's order)."""
     m, tok = model.load(smollm2, dtype=torch.float32)
     prompts = [model.encode_prompt(tok, p, "chat") for p in PROBLEMS]
-    prefixes = [tok.encode(f"```python\nprint({a} * {b})\n", add_special_tokens=False) for a, b in [(48, 2), (17, 23), (12, 50)]]
+    prefixes = [tok.encode(f"```python\nprint({a} * {b})\n", add_special_tokens=False) for a,
+                b in [(48, 2), (17, 23), (12, 50)]]
     runs = []
     for chunk in (1, 32):
         monkeypatch.setattr(model, "OBS_CHUNK", chunk)

@@ -20,7 +20,8 @@ def cand(text, oks):
 
 
 def test_best_of_n_prefers_highest_pass_rate():
-    cands = [cand("\\boxed{1}", [False]), cand("\\boxed{2}", [True, False]), cand("\\boxed{3}", [True]), cand("\\boxed{4}", [])]
+    cands = [cand("\\boxed{1}", [False]), cand("\\boxed{2}", [True, False]), cand("\\boxed{3}", [True]),
+             cand("\\boxed{4}", [])]
     assert infer.best_of_n(cands) == 2  # tied with 3 at 1.0 (no execution, as the release scores it): earliest
     assert infer.pass_rate(cands[1]) == 0.5 and infer.pass_rate(cands[3]) == 1.0
 
@@ -45,7 +46,8 @@ def test_best_of_n_candidate_without_code_scores_as_the_release():
 
 def test_best_of_n_tie_break_majority_then_earliest():
     # three tied at pass rate 1.0: two agree on 1/2 (written differently), so the first of those wins
-    cands = [cand("\\boxed{7}", [True]), cand("\\boxed{\\frac{1}{2}}", [True]), cand("\\boxed{0.5}", [True]), cand("\\boxed{9}", [False])]
+    cands = [cand("\\boxed{7}", [True]), cand("\\boxed{\\frac{1}{2}}", [True]), cand("\\boxed{0.5}", [True]),
+             cand("\\boxed{9}", [False])]
     assert infer.best_of_n(cands) == 1
     # no majority: the earliest tied sample
     cands = [cand("\\boxed{7}", [False]), cand("\\boxed{8}", [True]), cand("\\boxed{9}", [True])]
@@ -97,7 +99,8 @@ def run_infer(*args):
 @pytest.mark.slow
 def test_infer_end_to_end_and_resume(tiny_dir, tmp_path):
     data = tmp_path / "p.jsonl"
-    data.write_text("".join(json.dumps({"id": f"q{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(3)))
+    data.write_text("".join(json.dumps({"id": f"q{i}", "problem": f"What is {i} + {i}?",
+                                        "answer": str(2 * i)}) + "\n" for i in range(3)))
     out = tmp_path / "pred.jsonl"
     common = ["--model", tiny_dir, "--data", str(data), "--out", str(out), "--max-new-tokens", "8", "--batch", "2",
               "--temperature", "1.0"]

@@ -27,7 +27,8 @@ class Judge(OpenAIStub):
             Judge.fail -= 1
             return self.reply({"error": "overloaded"}, 500)
         verdict = "YES" if pred in Judge.accept else "NO"
-        self.reply({"choices": [{"index": 0, "message": {"role": "assistant", "content": f"<think>YES or NO?</think>{verdict}"},
+        self.reply({"choices": [{"index": 0,
+                                 "message": {"role": "assistant", "content": f"<think>YES or NO?</think>{verdict}"},
                                  "finish_reason": "stop"}]})
 
 
@@ -44,7 +45,8 @@ def write_predictions(path):
     rows = [("a", "12", "\\boxed{12}", 0), ("a", "12", "\\boxed{twelve}", 1),
             ("b", "7", "\\boxed{8}", 0), ("b", "7", "I give up.", 1)]
     path.write_text("".join(json.dumps(dict(benchmark="toy", id=i, problem=f"problem {i}", answer=gold, response=resp,
-                                            sample=s, tool_calls=0, tool_errors=0)) + "\n" for i, gold, resp, s in rows))
+                                            sample=s, tool_calls=0, tool_errors=0)) + "\n"
+                            for i, gold, resp, s in rows))
 
 
 def test_judge_reported_beside_the_rules_and_cached(judge_url, tmp_path, capsys):
@@ -58,7 +60,8 @@ def test_judge_reported_beside_the_rules_and_cached(judge_url, tmp_path, capsys)
     assert len(Judge.requests) == 4  # three answers (no answer: not asked), one retried
     req = Judge.requests[-1]
     assert req["model"] == "judge-32b" and req["temperature"] == 0 and len(req["messages"]) == 1
-    assert "Problem:\nproblem" in req["messages"][0]["content"] and "Reference answer: " in req["messages"][0]["content"]
+    assert ("Problem:\nproblem" in req["messages"][0]["content"]
+            and "Reference answer: " in req["messages"][0]["content"])
     header, row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("benchmark", "toy"))]
     assert header.split()[-2:] == ["judge", "agree%"] and row.split()[-2:] == ["50.0", "66.7"]
     recs = [json.loads(line) for line in pred.read_text().splitlines()]

@@ -18,7 +18,8 @@ def synthetic(rates, n=400):
     out = {}
     for s, by_row in enumerate(rates):
         u = [random.Random(f"{s}/{i}").random() for i in range(n)]
-        out[s] = {f"{row}@0.6": (None, [dict(id=f"{i:04d}", correct=u[i] < rate, tool_calls=1, tool_errors=int(u[i] < 0.1))
+        out[s] = {f"{row}@0.6": (None,
+                                 [dict(id=f"{i:04d}", correct=u[i] < rate, tool_calls=1, tool_errors=int(u[i] < 0.1))
                                         for i in range(n)]) for row, rate in by_row.items()}
     return out
 
@@ -42,7 +43,8 @@ def test_paired_interval_covers_the_difference_and_the_seed_spread():
 def test_quick_pipeline_writes_every_row(tmp_path):
     out = tmp_path / "ladder"
     results = ladder.main(["--seeds", "0", "--quick", "--jobs", "1", "--test-n", "6", "--out", str(out),
-                           "--tiny", str(tmp_path / "tiny"), "--rl-args", "--iterations 2", "--temperatures", "0.6,1.0"])
+                           "--tiny", str(tmp_path / "tiny"), "--rl-args", "--iterations 2",
+                           "--temperatures", "0.6,1.0"])
     rows = [json.loads(line) for line in open(out / "rows.jsonl")]
     assert [(r["row"], r["temperature"]) for r in rows] == [(row, t) for row in ("T1", "T2", "T3", "T4", "T5", "T6")
                                                             for t in (0.6, 1.0)]
@@ -60,7 +62,8 @@ def test_quick_pipeline_writes_every_row(tmp_path):
     for row in ("T1", "T2", "T3", "T4", "T5"):
         assert all(p["corrections"] == 0 for p in results[0][f"{row}@1.0"][1])
     table = open(out / "ladder.md").read()
-    assert "T6 + self-correction" in table and "T5 − T4, step-level RL" in table and (out / "ladder.png").stat().st_size > 1000
+    assert ("T6 + self-correction" in table and "T5 − T4, step-level RL" in table
+            and (out / "ladder.png").stat().st_size > 1000)
     stages = [json.loads(line)["stage"] for line in open(out / "s0" / "times.jsonl")]
     assert "t5.log" in stages and "T6@1.0.infer.log" in stages
     # a rerun reuses what exists: no stage runs again, the table is the same

@@ -35,7 +35,8 @@ class ScriptedLM(torch.nn.Module):
         rows = [(self.tok.decode(ids[b][live[b]].tolist()), int(live[b].sum())) for b in range(ids.size(0))]
         return torch.zeros(input_ids.size(0), 1, len(self.tok)), rows
 
-    def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True, logits_to_keep=0):
+    def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True,
+                logits_to_keep=0):
         logits, rows = self.read_context(input_ids, attention_mask, past_key_values)
         for b, (text, n) in enumerate(rows):
             prompt, _, response = text.partition("Assistant:\n")
@@ -57,7 +58,8 @@ def prompts_for(tok, problems):
 
 def test_greedy_matches_hf_generate(tiny_dir, sandbox):
     m, tok = model.load(tiny_dir)
-    problems = ["Solve 3*x + 1 = 7 for x.", "A farm sold 1, 2 and 3 eggs on three days. How many eggs did it sell in total?", "hi"]
+    problems = ["Solve 3*x + 1 = 7 for x.",
+                "A farm sold 1, 2 and 3 eggs on three days. How many eggs did it sell in total?", "hi"]
     prompts = prompts_for(tok, problems)
     ours = model.rollout(m, tok, prompts, sandbox, max_new_tokens=24, temperature=0)
     for p, r in zip(prompts, ours):  # one prompt at a time: no padding on the reference side
@@ -195,7 +197,8 @@ def test_self_correction_at_the_very_start(tiny_dir, sandbox):
             return response[:response.index("\n```\n", response.index("```output")) + 5] + "\\boxed{2}"
         return text
     m = ScriptedLM(tok, policy)
-    r = model.rollout(m, tok, prompts_for(tok, ["qe"]), sandbox, max_new_tokens=100, temperature=0, n_corr=2, l_suf=50)[0]
+    r = model.rollout(m, tok, prompts_for(tok, ["qe"]), sandbox, max_new_tokens=100, temperature=0, n_corr=2,
+                      l_suf=50)[0]
     assert r.corrections == 1 and r.text.startswith("```python\nprint(2)") and r.calls[0].ok
 
 
@@ -203,7 +206,8 @@ def test_prefix_ending_inside_a_code_block(tiny_dir, sandbox):
     _, tok = model.load(tiny_dir)
     m = ScriptedLM(tok, code_policy(["print(6*7)"]))
     prefix = tok.encode("Let me compute.\n```python\nprint(6", add_special_tokens=False)
-    r = model.rollout(m, tok, prompts_for(tok, ["q6"]), sandbox, max_new_tokens=200, temperature=0, prefixes=[prefix])[0]
+    r = model.rollout(m, tok, prompts_for(tok, ["q6"]), sandbox, max_new_tokens=200, temperature=0,
+                      prefixes=[prefix])[0]
     assert r.tool_calls == 1 and r.calls[0].ok and r.calls[0].code.strip() == "print(6*7)"
     assert tok.decode(r.response_ids[r.calls[0].start:]).startswith("```python")
 
@@ -286,5 +290,6 @@ def test_queued_rows_and_chunks_keep_the_numbers(tiny_dir, sandbox, monkeypatch)
     for b in got:
         full = model.logprobs(m, torch.tensor([b.prompt_ids + b.response_ids]), temperature=0.8)[0, len(b.prompt_ids):]
         assert torch.allclose(torch.tensor(b.logprobs), full, atol=1e-4)
-    greedy = [model.rollout(m, tok, prompts, sandbox, n=2, max_new_tokens=budgets, temperature=0, max_rows=w) for w in (6, 4)]
+    greedy = [model.rollout(m, tok, prompts, sandbox, n=2, max_new_tokens=budgets, temperature=0,
+                            max_rows=w) for w in (6, 4)]
     assert [r.response_ids for r in greedy[0]] == [r.response_ids for r in greedy[1]]

@@ -56,7 +56,8 @@ def test_chat_template_missing_is_a_one_line_error(tiny_dir, tmp_path):
     with pytest.raises(SystemExit, match="has no chat template; use --template raw"):
         model.encode_prompt(tok, "What is 2+3?", "chat")
     assert model.encode_prompt(tok, "What is 2+3?", "raw")  # raw needs no chat template
-    p = subprocess.run([sys.executable, "infer.py", "--model", path, "--template", "chat", "--out", str(tmp_path / "p.jsonl")],
+    p = subprocess.run([sys.executable, "infer.py", "--model", path, "--template", "chat", "--out",
+                        str(tmp_path / "p.jsonl")],
                        cwd=ROOT, capture_output=True, text=True)
     err = p.stderr.strip().splitlines()
     assert p.returncode == 1 and "Traceback" not in p.stderr
@@ -92,8 +93,10 @@ def test_infer_reads_integer_and_missing_ids(tiny_dir, tmp_path):
     """An aime-style file (integer ids) and a GSM8K-style one (no ids, `question`, `#### answer`) run through
     infer.py end to end, and a rerun resumes: it finds every id already written."""
     aime, gsm = tmp_path / "aime_like.jsonl", tmp_path / "gsm_like.jsonl"
-    aime.write_text("".join(json.dumps(dict(id=60 + i, problem=f"Find {i} + 2.", answer=str(i + 2))) + "\n" for i in range(3)))
-    gsm.write_text("".join(json.dumps(dict(question=f"Tom has {i} apples. How many?", answer=f"He has {i}.\n#### {i}")) + "\n"
+    aime.write_text("".join(json.dumps(dict(id=60 + i, problem=f"Find {i} + 2.",
+                                            answer=str(i + 2))) + "\n" for i in range(3)))
+    gsm.write_text("".join(json.dumps(dict(question=f"Tom has {i} apples. How many?",
+                                           answer=f"He has {i}.\n#### {i}")) + "\n"
                            for i in range(2)))
     for data, ids in [(aime, ["60", "61", "62"]), (gsm, ["gsm_like-1", "gsm_like-2"])]:
         out = tmp_path / (data.stem + ".preds.jsonl")
@@ -147,7 +150,8 @@ def check_quick_outputs(out, done, base_dir):
     # TIRGen: one trajectory per problem; the filter's output is a subset of them
     trajs = jsonl(out / "trajectories.jsonl")
     assert len(trajs) == 2 and {t["finish"] for t in trajs} <= {"boxed", "eos", "budget", "abandoned"}
-    assert trajs[0]["id"] == "tirgen_problems-1" and trajs[1]["id"].startswith("train/")  # GSM8K has no ids, MATH unique_id
+    # GSM8K has no ids, MATH unique_id
+    assert trajs[0]["id"] == "tirgen_problems-1" and trajs[1]["id"].startswith("train/")
     kept = jsonl(out / "tirgen_sft.jsonl")
     assert {k["id"] for k in kept} <= {t["id"] for t in trajs}
     assert all(no_end_token_inside(t["response"]) for t in trajs)

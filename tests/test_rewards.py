@@ -319,7 +319,8 @@ def test_read_problems_maps_every_schema(tmp_path):
 def test_read_problems_errors_and_skips(tmp_path, capsys):
     bad = [([{"id": "a", "problem": "p"}], ":1: missing field 'answer'"),
            ([{"id": "a", "answer": "1"}], ":1: missing field 'problem'"),
-           ([{"id": "a", "problem": "p", "answer": "1"}, {"id": "a", "problem": "q", "answer": "2"}], ":2: duplicate id 'a'"),
+           ([{"id": "a", "problem": "p", "answer": "1"}, {"id": "a", "problem": "q", "answer": "2"}],
+            ":2: duplicate id 'a'"),
            ([{"id": [1], "problem": "p", "answer": "1"}], ":1: field 'id' must be a string or an integer"),
            ([{"task_id": "HumanEval/0", "entry_point": "f", "prompt": "def f():"}], ":1: a code task"),
            (["{\"id\": 1,"], ":1: invalid JSON"), ([""], ": no problems")]
@@ -333,7 +334,8 @@ def test_read_problems_errors_and_skips(tmp_path, capsys):
     assert [p["id"] for p in read_problems(path)] == ["train-1"]
     assert "skipped 1 record(s) without a gold answer (line 2)" in capsys.readouterr().err
     # inference reads problems without answers
-    assert read_problems(_write(tmp_path / "q.jsonl", {"problem": "p"}), need_answer=False)[0] == {"id": "q-1", "problem": "p"}
+    assert (read_problems(_write(tmp_path / "q.jsonl", {"problem": "p"}), need_answer=False)[0]
+            == {"id": "q-1", "problem": "p"})
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "..", "shared", "data")), reason="needs ../shared/data")

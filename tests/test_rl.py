@@ -128,18 +128,20 @@ class BranchLM(ScriptedLM):
     `regen` is True while collect() regenerates from step-level prefixes."""
     regen = False
 
-    def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True, logits_to_keep=0):
+    def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True,
+                logits_to_keep=0):
         logits, rows = self.read_context(input_ids, attention_mask, past_key_values)
         for b, (text, _) in enumerate(rows):
             prompt, _, response = text.partition("Assistant:\n")
             nxt = {self.tok.encode(t[len(response):], add_special_tokens=False)[0]
-                   for t in self.policy(prompt, response, self.regen) if t.startswith(response) and len(t) > len(response)}
+                   for t in self.policy(prompt, response, self.regen)
+                   if t.startswith(response) and len(t) > len(response)}
             logits[b, 0, list(nxt or {self.tok.eos_token_id})] = 30.0
         return type("Out", (), {"logits": logits})()
 
 
 def collect(lm, tok, sandbox, problems, monkeypatch, *flags):
-    """rl.collect on problems (texts, answer 7) with the toy-sized args + flags; flags lm.regen on the second rollout."""
+    """rl.collect on problems (texts, answer 7) with the toy-sized args + flags; flags lm.regen on the 2nd rollout."""
     real = rl.model.rollout
 
     def rollout(*a, **kw):
@@ -162,7 +164,8 @@ def test_each_step_prefix_gets_its_own_budget(tiny_dir, sandbox, monkeypatch):
     early = "Divide.\n```python\nx = [1, 2, 3, 4, 5, 6, 7, 8, 9]\nprint(sum(x) / 0)\n```"
     late = "Let me think about this. " * 6 + "Divide.\n```python\nprint(1/0)\n```"
     lm = BranchLM(tok, lambda prompt, response, regen: [early if "early" in prompt else late])
-    samples, st = collect(lm, tok, sandbox, ["early", "late"], monkeypatch, "--no-episode-level", "--no-dynamic-sampling")
+    samples, st = collect(lm, tok, sandbox, ["early", "late"], monkeypatch, "--no-episode-level",
+                          "--no-dynamic-sampling")
     assert st["prefixes"] == 2 and st["step_rollouts"] == 8
     assert len(samples) == 8 and st["step_no_code"] == 0     # every regeneration wrote its block
     assert sum("sum(x) / 0" in code_of(tok, s) for s in samples) == 4
@@ -261,7 +264,8 @@ def test_no_gradient_from_forced_tokens(tiny_dir, sandbox):
         lm.head.weight.grad = None
         lp = rl.token_logprobs(lm, [s, s2], 1.0)
         mask = rl.padded([s, s2], "mask", "cpu").float()
-        loss, _, _ = rl.pg_loss(lp, old, torch.tensor([s.adv, s2.adv]), mask, mask.sum().item(), sum(s.mask), nll_alpha=0.01)
+        loss, _, _ = rl.pg_loss(lp, old, torch.tensor([s.adv, s2.adv]), mask, mask.sum().item(), sum(s.mask),
+                                nll_alpha=0.01)
         loss.backward()
         return lm.head.weight.grad.T.clone()  # (T, V): row p is position p's logits
     with torch.no_grad():
@@ -310,7 +314,8 @@ def warm(tmp_path_factory):
         obs = "NameError: name 'prnt' is not defined" if bad else "7"
         resp = (f"Compute.\n```python\n{'prnt' if bad else 'print'}(3 + 4)\n```" + model.observation_text(obs)
                 + ("\\boxed{8}" if wrong else "\\boxed{7}"))
-        p, r = model.encode_prompt(tok, "What is 3 + 4?"), tok.encode(resp, add_special_tokens=False) + [tok.eos_token_id]
+        p, r = (model.encode_prompt(tok, "What is 3 + 4?"),
+                tok.encode(resp, add_special_tokens=False) + [tok.eos_token_id])
         seqs.append((p + r, [0] * len(p) + [1] * len(r)))
     torch.manual_seed(0)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
@@ -371,7 +376,8 @@ def test_ddp_two_processes_match_one_process_first_update(warm, tmp_path):
         out = p.communicate(timeout=600)[0]
         assert p.returncode == 0, out[-3000:]
     logs = [json.loads(open(os.path.join(outs[n], "log.jsonl")).readline()) for n in (1, 2)]
-    for k in ("accuracy", "tool_success", "step_prefixes", "episode_samples", "step_samples", "updates", "pos", "grad_norm"):
+    for k in ("accuracy", "tool_success", "step_prefixes", "episode_samples", "step_samples", "updates", "pos",
+              "grad_norm"):
         assert logs[0][k] == pytest.approx(logs[1][k], rel=1e-5), k   # the same rollouts, split over two ranks
     assert logs[0]["updates"] == 1 and logs[0]["episode_samples"] > 0 and logs[0]["step_samples"] > 0
     w0, w1, w2 = weights(warm[0]), weights(outs[1]), weights(outs[2])

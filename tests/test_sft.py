@@ -36,7 +36,8 @@ def test_split_response_masks_only_the_observation():
     pieces = sft.split_response(trajectory(12, 34))
     assert pieces == [("We need the product.\n```python\nimport math\nprint(math.prod([12, 34]))\n```", 1),
                       (model.observation_text("408"), 0), ("So the answer is \\boxed{408}.", 1)]
-    two = "A\n```python\nprint(1)\n```" + model.observation_text("1") + "B\n```python\nprint(2)\n```" + model.observation_text("") + "C"
+    two = ("A\n```python\nprint(1)\n```" + model.observation_text("1") + "B\n```python\nprint(2)\n```"
+           + model.observation_text("") + "C")
     assert [t for _, t in sft.split_response(two)] == [1, 0, 1, 0, 1]
     assert sft.split_response("no code at all \\boxed{3}") == [("no code at all \\boxed{3}", 1)]
 
@@ -76,12 +77,14 @@ def test_encoding_is_what_the_sampler_produces(tiny_dir, sandbox):
     assert r.finish == "eos" and r.tool_calls == 2 and r.tool_errors == 0
     assert r.response_ids == ids[len(prompt):]  # token for token: no drift between SFT and rollouts
     assert r.mask == mask[len(prompt):]          # the forced observation tokens are the masked ones
-    assert tok.decode([t for t, m in zip(ids, mask) if not m][len(prompt):]) == model.observation_text("408") + model.observation_text("2")
+    assert (tok.decode([t for t, m in zip(ids, mask) if not m][len(prompt):])
+            == model.observation_text("408") + model.observation_text("2"))
 
 
 BAD = [  # (lines, line number of the error, words of the reason)
     ([{"problem": "p", "answer": "1"}], 1, "'response'"),
-    ([{"problem": "p", "response": "ok \\boxed{1}"}, {"problem": "p", "response": "x\n```python\nprint(1)\n"}], 2, "unclosed ```python"),
+    ([{"problem": "p", "response": "ok \\boxed{1}"}, {"problem": "p", "response": "x\n```python\nprint(1)\n"}], 2,
+     "unclosed ```python"),
     (["{not json"], 1, ""),
     ([{"problem": "p", "response": "```python\nprint(1)\n```\nSo 1."}], 1, "not followed by an ```output"),
     ([{"problem": "p", "response": "x\n```output\n1\n```\n"}], 1, "follows no ```python"),
@@ -110,8 +113,8 @@ def test_empty_or_missing_data(tmp_path, monkeypatch):
 
 
 def run_args(tiny_dir, data, out, *extra, epochs=2):
-    return ["--data", data, "--model", tiny_dir, "--out", out, "--epochs", str(epochs), "--batch-size", "4", "--lr", "1e-3",
-            "--eval-n", "0", "--eval-every", "0", *extra]
+    return ["--data", data, "--model", tiny_dir, "--out", out, "--epochs", str(epochs), "--batch-size", "4",
+            "--lr", "1e-3", "--eval-n", "0", "--eval-every", "0", *extra]
 
 
 def weights(m):

@@ -63,7 +63,8 @@ def test_toy_cot_is_the_actors_own_tool_free_reasoning():
     ("Sum them.\n```python\nprint(sum([1, 2]))\n```\n```output\n999\n```", ("Sum them.", "print(sum([1, 2]))")),
     ("REWRITE:\nSum them.\n```python\nprint(1)\n```\nSTEP:\nmore", ("Sum them.", "print(1)")),
     ("```python\nprint(2)\n```", ("", "print(2)")),
-    ("A.\n```python\nimport math\nprint(math.pi)\n```\nB.\n```python\nprint(2)\n```", ("A.", "import math\nprint(math.pi)")),
+    ("A.\n```python\nimport math\nprint(math.pi)\n```\nB.\n```python\nprint(2)\n```",
+     ("A.", "import math\nprint(math.pi)")),
 ])
 def test_parse_critic(reply, expected):
     assert tirgen.parse_critic(reply) == expected
@@ -82,7 +83,8 @@ def test_critic_prompt_has_one_shot_example_and_only_the_step():
 
 def idioms(kind, nums):
     """The toy critic's code idioms for a computation, formatted with its numbers."""
-    pat = {"mul": r"\d+(?: \* \d+)+", "add": r"\d+(?: \+ \d+)+", "mod": r"\d+ % \d+", "eq": r"\(\d+ - \d+\) / \d+"}[kind]
+    pat = {"mul": r"\d+(?: \* \d+)+", "add": r"\d+(?: \+ \d+)+", "mod": r"\d+ % \d+",
+           "eq": r"\(\d+ - \d+\) / \d+"}[kind]
     tpls = next(t for p, t in tirgen.TOY_CODE if p == pat)
     return {t.format(*nums, nums=", ".join(map(str, nums))) for t in tpls}
 
@@ -136,7 +138,8 @@ def test_toy_trajectory_is_the_design_format(sandbox):
     rec = {"id": "t", "problem": "p", "answer": "4517277", "kind": "mul", "args": [4821, 937]}
     tau, calls, errors, finish = tirgen.tirgen_one(rec, tirgen.toy_actor(1.0, 0.0), tirgen.toy_critic(0.0), sandbox, 8,
                                                    random.Random(0))
-    assert tau in {f"The total is 4821 * 937.\n```python\n{code}\n```\n```output\n4517277\n```\nSo the answer is \\boxed{{4517277}}."
+    assert tau in {f"The total is 4821 * 937.\n```python\n{code}\n```\n```output\n4517277\n```\n"
+                   f"So the answer is \\boxed{{4517277}}."
                    for code in idioms("mul", [4821, 937])}
     assert (calls, errors, finish) == (1, 0, "boxed")
 
@@ -154,7 +157,8 @@ def test_two_call_problem_chains_the_real_output(sandbox):
 def test_critic_numbers_are_never_trusted_and_a_failing_block_abandons(sandbox):
     rec = {"id": "t", "problem": "p", "answer": "6"}
     def actor(rec, tau, rng):
-        return ("So the answer is \\boxed{" + re.findall(r"\d+", tau)[-1] + "}.", True) if tau else ("2 * 3 = 7.\n", False)
+        return (("So the answer is \\boxed{" + re.findall(r"\d+", tau)[-1] + "}.", True) if tau
+                else ("2 * 3 = 7.\n", False))
     liar = lambda step, rng: "Multiply.\n```python\nprint(2 * 3)\n```\n```output\n7\n```" if "=" in step else "no code"
     tau, calls, errors, finish = tirgen.tirgen_one(rec, actor, liar, sandbox, 8, random.Random(0))
     assert "```output\n6\n```" in tau and "7" not in tau and tau.endswith("\\boxed{6}.") and finish == "boxed"
@@ -235,7 +239,8 @@ def test_rule_correct_answer_repetition_and_pure_cot():
 
 def test_one_sample_per_problem_and_one_call_downsampling():
     two_calls = "Step.\n" + block("import math\nprint(math.e)") + GOOD
-    recs = [traj(two_calls if i % 2 else GOOD, 1 + i % 2, id=f"p{i:03d}", sample=j) for i in range(400) for j in range(3)]
+    recs = [traj(two_calls if i % 2 else GOOD, 1 + i % 2, id=f"p{i:03d}",
+                 sample=j) for i in range(400) for j in range(3)]
     recs[0]["correct"] = False
     kept, rows, before = tirgen.multi_stage_filter(recs, tirgen.RULES, keep_one_call=0.5, seed=0)
     assert [n for _, n in rows] == [1200, 1200, 1200, 1200, 1199, 1199, 400, len(kept)]
@@ -268,7 +273,8 @@ def test_cli_toy_run_report_and_resume(tmp_path, capsys):
     rows = read_jsonl(traj_path)
     assert len(rows) == 48 and sorted((r["id"], r["sample"]) for r in rows) == sorted(
         (p["id"], j) for p in toy_problems(24) for j in range(2))
-    assert {"response", "pred", "correct", "tool_calls", "tool_errors", "model", "sample", "kind", "args"} <= set(rows[0])
+    assert ({"response", "pred", "correct", "tool_calls", "tool_errors", "model", "sample", "kind", "args"}
+            <= set(rows[0]))
     for name in ["abandoned", "format", "code quality", "correct final answer", "repetition", "one sample per problem",
                  "down-sample 1-call", "calls per sample", "length"]:
         assert name in out

@@ -87,7 +87,8 @@ def test_weight_sync_logprobs_tied(tiny_dir, engine):
     m.eval()
     with torch.no_grad():
         after = model.logprobs(m, torch.tensor([ids]))[0]
-    assert (after - before).abs().max() > 100 * LOGPROB_TOL, "the update barely moved the logprobs: the test could not fail"
+    assert (after - before).abs().max() > 100 * LOGPROB_TOL, ("the update barely moved the logprobs: "
+                                                               "the test could not fail")
     engine.sleep()
     assert engine.wake_and_sync(m.state_dict().items()) == len(m.state_dict())
     got = vllm_prompt_logprobs(engine, ids)
@@ -104,6 +105,7 @@ def test_many_seeded_rows_reproduce(tiny_dir, sandbox, engine):
     tok = model.load(tiny_dir)[1]
     prompts = [model.encode_prompt(tok, p) for p in PROBLEMS]
     assert 48 * sum(map(len, prompts)) > 4096
-    runs = [model.rollout(engine, tok, prompts, sandbox, n=48, max_new_tokens=8, temperature=1.0, seed=3) for _ in range(2)]
+    runs = [model.rollout(engine, tok, prompts, sandbox, n=48, max_new_tokens=8, temperature=1.0,
+                          seed=3) for _ in range(2)]
     assert [r.response_ids for r in runs[0]] == [r.response_ids for r in runs[1]]
     assert len({tuple(r.response_ids) for r in runs[0]}) > 1

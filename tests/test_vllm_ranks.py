@@ -41,7 +41,8 @@ def run_worker(launcher, tiny_dir, out):
         pytest.fail(f"{' '.join(launcher) or 'one process'}: no exit within {TIMEOUT_S} s, a deadlock between the "
                     f"ranks' engines (were they built with vLLM data parallel?). Log tail:\n{tail}")
     assert rc == 0, f"{' '.join(launcher) or 'one process'} exited with {rc}. Log tail:\n{tail}"
-    return {int(name[4:-5]): json.load(open(os.path.join(out, name))) for name in os.listdir(out) if name.endswith(".json")}
+    return {int(name[4:-5]): json.load(open(os.path.join(out, name)))
+            for name in os.listdir(out) if name.endswith(".json")}
 
 
 def test_uneven_ranks_finish_and_match_one_process(tiny_dir, tmp_path):

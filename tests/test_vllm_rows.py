@@ -77,7 +77,8 @@ def test_vllm_rows_an_opening_fence_costs_no_round(tiny_dir, sandbox):
     """One request runs to the closing fence (the opening ```python does not stop it), one more to the end."""
     tok = model.load(tiny_dir)[1]
     engine = FakeVLLM(tok, CALL + model.observation_text("42") + "So \\boxed{42}.<|endoftext|>", [tok.eos_token_id])
-    r = model.rollout(engine, tok, [model.encode_prompt(tok, "What is 6 * 7?")], sandbox, max_new_tokens=200, temperature=0)[0]
+    r = model.rollout(engine, tok, [model.encode_prompt(tok, "What is 6 * 7?")], sandbox, max_new_tokens=200,
+                      temperature=0)[0]
     assert r.tool_calls == 1 and r.calls[0].ok and r.finish == "eos"
     assert len(engine.requests) == 2 and engine.requests[1]["stop"] == ["```\n"]
 
