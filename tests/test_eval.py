@@ -1,7 +1,6 @@
 """eval.py: metric functions against hand-computed values, every benchmark loader on the real files,
 predictions scoring end to end, resume, and one run on the tiny model."""
 import json
-import os
 
 import pytest
 
