@@ -19,8 +19,10 @@ Two engines share the row bookkeeping (`_Row`): the hand-written KV-cached sampl
 reference, used by the tests) and vLLM (`VLLM`, imported lazily), which stops at a closing ``` or an
 end token and resubmits token ids with prefix caching. Our sampler decodes at most ROWS rows at a time
 (the others wait in a queue and enter as rows finish) and feeds a tool's output in one forward.
-Sharded training for sft.py and rl.py (FSDP2, one code path from 1 CPU process to N GPUs) and the
-memory plan that says beforehand whether a model fits are at the end of the file.
+The file reads in that order: prompts, rows, our sampler, vLLM, the entry points `rollout` and
+`logprobs`; then what a first reading can skip: loading and saving, the tiny model of the embedded
+default and GGUF conversion, sharded training for sft.py and rl.py (FSDP2, one code path from 1 CPU
+process to N GPUs), and the memory plan that says beforehand whether a model fits.
 
 Run `python model.py` to build the tiny model (out/tiny) and show one rollout on a toy problem;
 `python model.py convert --gguf FILE --out DIR` turns a GGUF file into a model dir.
@@ -90,160 +92,6 @@ def encode_prompt(tok, problem, template="raw"):
 
 def observation_text(obs):
     return "\n```output\n" + obs + "\n```\n"  # DESIGN.md: exactly what the environment appends
-
-# -----------------------------------------------------------------------------
-# Loading, saving, and the tiny model of the embedded default
-
-
-def load_tokenizer(path):
-    """A model dir's tokenizer, with a pad token."""
-    from transformers import AutoTokenizer
-    if not os.path.isdir(path):
-        raise SystemExit(f"model dir {path!r} not found"
-                         + (" (build it with: python model.py)" if path == TINY_DIR else ""))
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token_id is None:  # many base models ship without one; padding is always masked anyway
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def cpu_has_bf16():
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as oneDNN needs for fast bf16 matmuls."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", f.read()))
-    except OSError:  # not Linux: assume not
-        return False
-
-
-def sampling_dtype(path, device):
-    """The dtype to sample in: bf16 on a GPU; on a CPU, a bf16 model dir stays bf16 where the CPU has bf16
-    kernels (a SmolLM2 decoding step was 1.3-2.6x faster than fp32 at 4-64 rows; bench/sampler_bench.py)
-    and is upcast to fp32 elsewhere (without them bf16 matmuls are slower than fp32). An fp32 dir (the
-    tiny model) stays fp32. Training always runs in fp32 (`load_sharded`); RL recomputes its old
-    log-probs with the trainer, so a bf16 sampler does not bias the ratio."""
-    if str(device).startswith("cuda"):
-        return torch.bfloat16
-    return torch.bfloat16 if saved_dtype(path) == torch.bfloat16 and cpu_has_bf16() else torch.float32
-
-
-def load(path, device=None, dtype=None):
-    """(model, tokenizer) from a model dir, in `dtype` or else `sampling_dtype`."""
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()
-    tok = load_tokenizer(path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or sampling_dtype(path, device)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    model.eval()
-    return model, tok
-
-
-def save(model, tok, path, dtype=None):
-    """Write a model dir, in `dtype` if given (rl.py and sft.py export the dtype their model came in:
-    bf16 for the real models, half the disk of the fp32 master weights; fp32 for the tiny one). A
-    sharded model is gathered one parameter at a time, already cast (a collective: every rank calls
-    this), and rank 0 writes it."""
-    from torch.distributed.fsdp import FSDPModule
-    state = None
-    if isinstance(model, FSDPModule) or dtype is not None:
-        rank0 = not dist.is_initialized() or dist.get_rank() == 0
-        state = {name: t.cpu() for name, t in full_params(model, dtype) if rank0}
-        if not rank0:
-            return
-    os.makedirs(path, exist_ok=True)
-    model.save_pretrained(path, state_dict=state)
-    tok.save_pretrained(path)
-    if dtype is not None:  # save_pretrained writes the dtype of the model's parameters, not of `state`
-        with open(os.path.join(path, "config.json")) as f:
-            cfg = json.load(f)
-        with open(os.path.join(path, "config.json"), "w") as f:
-            json.dump(dict(cfg, dtype=str(dtype).removeprefix("torch.")), f, indent=2, sort_keys=True)
-
-
-def saved_dtype(path):
-    """The dtype a model dir was written in (config.json's `dtype`, `torch_dtype` in older files)."""
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = json.load(f)
-    return getattr(torch, cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
-
-
-def eos_ids(model, tok):
-    ids = {tok.eos_token_id}
-    gen = getattr(model, "generation_config", None)
-    extra = getattr(gen, "eos_token_id", None)
-    ids |= set(extra) if isinstance(extra, (list, tuple)) else {extra}
-    return {i for i in ids if i is not None}
-
-
-def build_tiny(out_dir=TINY_DIR, seed=0, hidden=128, layers=4, heads=4, vocab=2048, corpus=TOY_CORPUS,
-               pretrain_steps=500):
-    """The tiny base model of the toy world: a Llama-style causal LM and a byte-level BPE tokenizer
-    trained offline on the toy problems, then a short "pretraining" (`pretrain_steps`; 0 = a random
-    model, built in seconds, for tests)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    texts = [RAW_TEMPLATE, "```python\nprint(", ")\n```", "\n```output\n", "\n```\n", "\\boxed{", "import sympy\n"]
-    with open(corpus) as f:
-        problems = [json.loads(line)["problem"] for line in f]
-    # Numbers are cut into chunks of up to 3 digits from the left, one token each, as in GPT-4's and
-    # Llama 3's tokenizers: every chunk "0".."999" is in the vocabulary. (With one token per digit a
-    # number's digits recur all over the prompt and copying it needs far more training.)
-    texts += problems + [" ".join(str(i).zfill(w) for i in range(10 ** w)) for w in (1, 2, 3) for _ in range(2)]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\d{1,3}"), behavior="isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    bpe.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>",
-                                  clean_up_tokenization_spaces=False)
-    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                         "{% endfor %}"
-                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2048,
-                      tie_word_embeddings=True, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    model = LlamaForCausalLM(cfg)
-    if pretrain_steps:
-        pretrain_copy(model, tok, problems, pretrain_steps, seed)
-    save(model, tok, out_dir)
-    return out_dir
-
-
-def pretrain_copy(model, tok, problems, steps, seed, batch=16, lr=1e-3):
-    """What a pretrained LLM brings and a random one lacks: copying from its context. Each sequence
-    is a toy problem, EOS, the same problem again; the loss is on the second copy. A random tiny model
-    learns the toy's answer format from SFT data fast but not the copying: after 300 SFT steps 6% of its
-    number tokens were right and it solved 0% of held-out problems. During this warm-up induction heads
-    form (copy accuracy on number tokens 0.15 at step 200, 0.99 at step 500; ~70 s on 2 CPU cores), and
-    the same 300 SFT steps then solve 60%."""
-    from tqdm import tqdm
-    rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
-    for _ in tqdm(range(steps), desc="pretrain tiny (copy)", leave=False):
-        seqs = [tok.encode(q, add_special_tokens=False) for q in rng.sample(problems, batch)]
-        L = 2 * max(map(len, seqs)) + 1
-        ids = torch.tensor([q + [tok.eos_token_id] + q + [tok.pad_token_id] * (L - 2 * len(q) - 1) for q in seqs])
-        target = torch.tensor([[-100] * (len(q) + 1) + q + [-100] * (L - 2 * len(q) - 1) for q in seqs])
-        logits = model(input_ids=ids).logits[:, :-1]
-        loss = F.cross_entropy(logits.transpose(1, 2), target[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    model.eval()
-
-
-def ensure_tiny(path=TINY_DIR):
-    if not os.path.isdir(path):
-        build_tiny(path)
-    return path
 
 # -----------------------------------------------------------------------------
 # Rollout records and the per-row bookkeeping shared by both engines
@@ -840,6 +688,165 @@ def logprobs(model, ids, attn=None, temperature=1.0, chunk=LOGPROB_CHUNK):
     finally:
         del head.forward
     return F.pad(lp, (1, 0))
+
+
+# -----------------------------------------------------------------------------
+# Loading and saving model dirs
+
+
+def load_tokenizer(path):
+    """A model dir's tokenizer, with a pad token."""
+    from transformers import AutoTokenizer
+    if not os.path.isdir(path):
+        raise SystemExit(f"model dir {path!r} not found"
+                         + (" (build it with: python model.py)" if path == TINY_DIR else ""))
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:  # many base models ship without one; padding is always masked anyway
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def cpu_has_bf16():
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as oneDNN needs for fast bf16 matmuls."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", f.read()))
+    except OSError:  # not Linux: assume not
+        return False
+
+
+def sampling_dtype(path, device):
+    """The dtype to sample in: bf16 on a GPU; on a CPU, a bf16 model dir stays bf16 where the CPU has bf16
+    kernels (a SmolLM2 decoding step was 1.3-2.6x faster than fp32 at 4-64 rows; bench/sampler_bench.py)
+    and is upcast to fp32 elsewhere (without them bf16 matmuls are slower than fp32). An fp32 dir (the
+    tiny model) stays fp32. Training always runs in fp32 (`load_sharded`); RL recomputes its old
+    log-probs with the trainer, so a bf16 sampler does not bias the ratio."""
+    if str(device).startswith("cuda"):
+        return torch.bfloat16
+    return torch.bfloat16 if saved_dtype(path) == torch.bfloat16 and cpu_has_bf16() else torch.float32
+
+
+def load(path, device=None, dtype=None):
+    """(model, tokenizer) from a model dir, in `dtype` or else `sampling_dtype`."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    tok = load_tokenizer(path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or sampling_dtype(path, device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    model.eval()
+    return model, tok
+
+
+def save(model, tok, path, dtype=None):
+    """Write a model dir, in `dtype` if given (rl.py and sft.py export the dtype their model came in:
+    bf16 for the real models, half the disk of the fp32 master weights; fp32 for the tiny one). A
+    sharded model is gathered one parameter at a time, already cast (a collective: every rank calls
+    this), and rank 0 writes it."""
+    from torch.distributed.fsdp import FSDPModule
+    state = None
+    if isinstance(model, FSDPModule) or dtype is not None:
+        rank0 = not dist.is_initialized() or dist.get_rank() == 0
+        state = {name: t.cpu() for name, t in full_params(model, dtype) if rank0}
+        if not rank0:
+            return
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path, state_dict=state)
+    tok.save_pretrained(path)
+    if dtype is not None:  # save_pretrained writes the dtype of the model's parameters, not of `state`
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f)
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(dict(cfg, dtype=str(dtype).removeprefix("torch.")), f, indent=2, sort_keys=True)
+
+
+def saved_dtype(path):
+    """The dtype a model dir was written in (config.json's `dtype`, `torch_dtype` in older files)."""
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    return getattr(torch, cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+
+
+def eos_ids(model, tok):
+    ids = {tok.eos_token_id}
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    ids |= set(extra) if isinstance(extra, (list, tuple)) else {extra}
+    return {i for i in ids if i is not None}
+
+
+# -----------------------------------------------------------------------------
+# Model dirs made here: the tiny model of the embedded default, and a GGUF file converted
+
+
+def build_tiny(out_dir=TINY_DIR, seed=0, hidden=128, layers=4, heads=4, vocab=2048, corpus=TOY_CORPUS,
+               pretrain_steps=500):
+    """The tiny base model of the toy world: a Llama-style causal LM and a byte-level BPE tokenizer
+    trained offline on the toy problems, then a short "pretraining" (`pretrain_steps`; 0 = a random
+    model, built in seconds, for tests)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    texts = [RAW_TEMPLATE, "```python\nprint(", ")\n```", "\n```output\n", "\n```\n", "\\boxed{", "import sympy\n"]
+    with open(corpus) as f:
+        problems = [json.loads(line)["problem"] for line in f]
+    # Numbers are cut into chunks of up to 3 digits from the left, one token each, as in GPT-4's and
+    # Llama 3's tokenizers: every chunk "0".."999" is in the vocabulary. (With one token per digit a
+    # number's digits recur all over the prompt and copying it needs far more training.)
+    texts += problems + [" ".join(str(i).zfill(w) for i in range(10 ** w)) for w in (1, 2, 3) for _ in range(2)]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\d{1,3}"), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>",
+                                  clean_up_tokenization_spaces=False)
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2048,
+                      tie_word_embeddings=True, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg)
+    if pretrain_steps:
+        pretrain_copy(model, tok, problems, pretrain_steps, seed)
+    save(model, tok, out_dir)
+    return out_dir
+
+
+def pretrain_copy(model, tok, problems, steps, seed, batch=16, lr=1e-3):
+    """What a pretrained LLM brings and a random one lacks: copying from its context. Each sequence
+    is a toy problem, EOS, the same problem again; the loss is on the second copy. A random tiny model
+    learns the toy's answer format from SFT data fast but not the copying: after 300 SFT steps 6% of its
+    number tokens were right and it solved 0% of held-out problems. During this warm-up induction heads
+    form (copy accuracy on number tokens 0.15 at step 200, 0.99 at step 500; ~70 s on 2 CPU cores), and
+    the same 300 SFT steps then solve 60%."""
+    from tqdm import tqdm
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in tqdm(range(steps), desc="pretrain tiny (copy)", leave=False):
+        seqs = [tok.encode(q, add_special_tokens=False) for q in rng.sample(problems, batch)]
+        L = 2 * max(map(len, seqs)) + 1
+        ids = torch.tensor([q + [tok.eos_token_id] + q + [tok.pad_token_id] * (L - 2 * len(q) - 1) for q in seqs])
+        target = torch.tensor([[-100] * (len(q) + 1) + q + [-100] * (L - 2 * len(q) - 1) for q in seqs])
+        logits = model(input_ids=ids).logits[:, :-1]
+        loss = F.cross_entropy(logits.transpose(1, 2), target[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    model.eval()
+
+
+def ensure_tiny(path=TINY_DIR):
+    if not os.path.isdir(path):
+        build_tiny(path)
+    return path
 
 
 def convert_gguf(gguf, out):
