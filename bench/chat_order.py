@@ -49,14 +49,16 @@ def bootstrap(a, b, n_boot=2000, seed=0):
         for k in METRICS:
             if ma[k] == ma[k] and mb[k] == mb[k]:  # NaN (no calls in the resample) is left out
                 diffs[k].append(mb[k] - ma[k])
-    ci = lambda xs: (sorted(xs)[int(0.025 * len(xs))], sorted(xs)[int(0.975 * len(xs)) - 1]) if xs else (float("nan"),) * 2
+    ci = lambda xs: (sorted(xs)[int(0.025 * len(xs))],
+                     sorted(xs)[int(0.975 * len(xs)) - 1]) if xs else (float("nan"),) * 2
     return {k: ci(v) for k, v in diffs.items()}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model dir with a chat template")
-    p.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"), help="folder of the shared JSONL files")
+    p.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"),
+                   help="folder of the shared JSONL files")
     p.add_argument("--n", type=int, default=20, help="problems from each of gsm8k_test and math500 (the first n)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per answer, tool output included")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (the paper's evaluation: 0.6)")
@@ -70,7 +72,8 @@ def main():
         rows = {o: [r for r in map(json.loads, open(args.out)) if r["order"] == o] for o in ORDERS}
         return report(rows["instruction first"], rows["problem first"], args)
     torch.set_num_threads(args.threads)
-    probs = [q for f in ("gsm8k_test.jsonl", "math500.jsonl") for q in rewards.read_problems(os.path.join(args.data_dir, f))[:args.n]]
+    probs = [q for f in ("gsm8k_test.jsonl",
+                         "math500.jsonl") for q in rewards.read_problems(os.path.join(args.data_dir, f))[:args.n]]
     m, tok = M.load(args.model)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     rows = {}
@@ -84,7 +87,8 @@ def main():
                                seed=args.seed + s, max_tool_calls=10)
                 for q, r in zip(chunk, rs):
                     pred = rewards.extract_answer(r.text)
-                    rec = dict(order=order, id=q["id"], pred=pred, correct=pred is not None and rewards.is_equiv(pred, q["answer"]),
+                    rec = dict(order=order, id=q["id"], pred=pred,
+                               correct=pred is not None and rewards.is_equiv(pred, q["answer"]),
                                calls=r.tool_calls, ok=r.tool_calls - r.tool_errors, finish=r.finish, tokens=r.generated,
                                response=r.text)
                     rows[order].append(rec)
@@ -97,7 +101,8 @@ def report(a, b, args):
     ma, mb, ci = metrics(a), metrics(b), bootstrap(a, b)
     calls = [sum(r["calls"] for r in rs) for rs in (a, b)]
     print(f"\n{args.model}: {len(a)} problems (the first {args.n} of GSM8K test and of MATH500), one sample each, "
-          f"T={args.temperature}, seed {args.seed}, {args.max_new_tokens} tokens; {calls[0]} vs {calls[1]} tool calls\n")
+          f"T={args.temperature}, seed {args.seed}, {args.max_new_tokens} tokens; "
+          f"{calls[0]} vs {calls[1]} tool calls\n")
     print("| metric (%) | instruction first | problem first | difference [95% CI] |\n|---|---:|---:|---|")
     for k in METRICS:
         lo, hi = ci[k]

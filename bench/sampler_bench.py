@@ -134,7 +134,8 @@ def tool_prefix(tok, problem):
 def left_padded(tok, seqs, device):
     L = max(map(len, seqs))
     ids = torch.tensor([[tok.pad_token_id] * (L - len(s)) + s for s in seqs], device=device)
-    return ids, (torch.arange(L, device=device)[None] >= torch.tensor([L - len(s) for s in seqs], device=device)[:, None]).long()
+    return ids, (torch.arange(L, device=device)[None] >= torch.tensor([L - len(s) for s in seqs],
+                                                                      device=device)[:, None]).long()
 
 
 def equal_work(m, tok, prompts, new_tokens, device, steps):
@@ -171,11 +172,13 @@ def equal_work_vllm(engine, prompts, new_tokens, device):
 def rl_rollouts(engine, tok, prompts, prefixes, args, sb, steps, **kw):
     """(b) with model.rollout on `engine` (our sampler or vLLM): G samples per prompt at T = 1."""
     sb.seconds = 0.0
-    rs, t = timed(lambda: M.rollout(engine, tok, prompts, sb, n=args.group, prefixes=prefixes, max_new_tokens=args.rl_tokens,
+    rs, t = timed(lambda: M.rollout(engine, tok, prompts, sb, n=args.group, prefixes=prefixes,
+                                    max_new_tokens=args.rl_tokens,
                                     temperature=1.0, seed=0, **kw), args.device)
     rows, pos = steps.take()
-    return dict(wall=t, rps=len(rs) / t, row_steps=rows if rows else None, positions=pos if pos else None, tool_s=sb.seconds,
-                forced=sum(r.mask.count(0) - r.prefix_len for r in rs), calls=sum(r.tool_calls for r in rs),
+    return dict(wall=t, rps=len(rs) / t, row_steps=rows if rows else None, positions=pos if pos else None,
+                tool_s=sb.seconds, forced=sum(r.mask.count(0) - r.prefix_len for r in rs),
+                calls=sum(r.tool_calls for r in rs),
                 length=sum(len(r.response_ids) - r.prefix_len for r in rs) / len(rs))
 
 
@@ -222,10 +225,11 @@ def rl_iteration(args, engine):
     import json
     import subprocess
     with tempfile.TemporaryDirectory() as d:
-        cmd = [sys.executable, "rl.py", "--model", args.model, "--data", args.data, "--template", "chat", "--engine", engine,
-               "--out", os.path.join(d, "rl"), "--group-size", "4", "--batch-problems", "2", "--iterations", "1",
-               "--updates-per-batch", "1", "--max-new-tokens", "128", "--max-refills", "0", "--save-every", "0",
-               "--no-dynamic-sampling", "--keep-unboxed", "--keep-failed-episodes"]  # every rollout is trained on
+        cmd = [sys.executable, "rl.py", "--model", args.model, "--data", args.data, "--template", "chat",
+               "--engine", engine, "--out", os.path.join(d, "rl"), "--group-size", "4", "--batch-problems", "2",
+               "--iterations", "1", "--updates-per-batch", "1", "--max-new-tokens", "128", "--max-refills", "0",
+               # every rollout is trained on
+               "--save-every", "0", "--no-dynamic-sampling", "--keep-unboxed", "--keep-failed-episodes"]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rec = json.loads(open(os.path.join(d, "rl", "log.jsonl")).readlines()[-1])
     return rec["s_rollout"], rec["s_tool"], rec["s_update"]
@@ -246,7 +250,8 @@ def real_model(args):
     problems = [p["problem"] for p in rewards.read_problems(args.data)]
     prompts = [M.encode_prompt(tok, p, "chat") for p in problems[:max(args.equal_rows, args.prompts)]]
     pre = [tool_prefix(tok, p) for p in problems[:args.prompts]]
-    print(f"{args.model}, {dtype}, {args.device}, torch threads {torch.get_num_threads()}; GSM8K problems, chat template")
+    print(f"{args.model}, {dtype}, {args.device}, torch threads {torch.get_num_threads()}; "
+          "GSM8K problems, chat template")
     with Sandbox(workers=2) as raw:
         sb = TimedSandbox(raw)
         a = equal_work(m, tok, prompts[:args.equal_rows], args.equal_tokens, args.device, steps)
@@ -261,12 +266,14 @@ def real_model(args):
             steps32 = Steps(m32)
             a32 = equal_work(m32, tok, prompts[:args.equal_rows], args.equal_tokens, args.device, steps32)
             abl = {"fp32": rl_rollouts(m32, tok, prompts[:args.prompts], pre, args, sb, steps32)}
-            for name, attr, value in [("tool output in one forward (OBS_CHUNK 32)", "OBS_CHUNK", 32), ("regroup at every finished row", "REGROUP", 0.0)]:
+            for name, attr, value in [("tool output in one forward (OBS_CHUNK 32)", "OBS_CHUNK",
+                                       32), ("regroup at every finished row", "REGROUP", 0.0)]:
                 old, _ = getattr(M, attr), setattr(M, attr, value)
                 abl[name] = rl_rollouts(m, tok, prompts[:args.prompts], pre, args, sb, steps)
                 setattr(M, attr, old)
             rows = args.prompts * args.group // 4
-            abl[f"{rows} rows at a time, the rest queued"] = rl_rollouts(m, tok, prompts[:args.prompts], pre, args, sb, steps, max_rows=rows)
+            abl[f"{rows} rows at a time, the rest queued"] = rl_rollouts(m, tok, prompts[:args.prompts], pre,
+                                                                         args, sb, steps, max_rows=rows)
             measured("ablations", dict(a32=a32, **abl))
         if importlib.util.find_spec("vllm"):  # last: the engine binds this process's threads when it starts
             t0 = time.perf_counter()
@@ -277,8 +284,8 @@ def real_model(args):
             b["vllm"] = rl_rollouts(engine, tok, prompts[:args.prompts], pre, args, sb, steps)
             measured("vllm", (a["vllm"], b["vllm"]))
             sync = weight_sync(engine, m, tok)
-    print(f"(a) equal work: {args.equal_rows} rows, greedy, no tools, end tokens ignored, every row {args.equal_tokens} "
-          f"new positions on every engine")
+    print(f"(a) equal work: {args.equal_rows} rows, greedy, no tools, end tokens ignored, every row "
+          f"{args.equal_tokens} new positions on every engine")
     print(f"  {'engine':<12}{'positions/s':>12}{'vs HF':>7}{'row-steps':>11}")
     for name, (pps, rows) in a.items():
         print(f"  {name:<12}{pps:>12.1f}{pps / a['hf_generate'][0]:>7.2f}{rows if rows is not None else '-':>11}")
@@ -288,17 +295,19 @@ def real_model(args):
           f"{'forced':>8}{'calls':>7}{'tool s':>8}{'mean len':>10}")
     for name, r in b.items():
         print(f"  {name:<12}{r['wall']:>8.1f}{r['rps']:>12.3f}{r['rps'] / b['hf_generate']['rps']:>7.2f}"
-              f"{r['row_steps'] or '-':>11}{r['positions'] or '-':>11}{r['forced']:>8}{r['calls']:>7}{r['tool_s']:>8.1f}"
-              f"{r['length']:>10.1f}" + (f"  (HF: {r['config']})" if "config" in r else ""))
+              f"{r['row_steps'] or '-':>11}{r['positions'] or '-':>11}{r['forced']:>8}{r['calls']:>7}"
+              f"{r['tool_s']:>8.1f}{r['length']:>10.1f}" + (f"  (HF: {r['config']})" if "config" in r else ""))
     if args.ablate:
         print(f"(a) in fp32: ours {a32['ours'][0]:.1f}, HF generate {a32['hf_generate'][0]:.1f} positions/s "
-              f"({a32['ours'][0] / a32['hf_generate'][0]:.2f}x); {dtype} / fp32: ours {a['ours'][0] / a32['ours'][0]:.2f}x, "
+              f"({a32['ours'][0] / a32['hf_generate'][0]:.2f}x); {dtype} / fp32: ours "
+              f"{a['ours'][0] / a32['ours'][0]:.2f}x, "
               f"HF generate {a['hf_generate'][0] / a32['hf_generate'][0]:.2f}x")
         print(f"(b) our sampler with one setting changed (the defaults: {b['ours']['rps']:.3f} rollouts/s)")
-        print(f"  {'changed':<42}{'wall s':>8}{'rollouts/s':>12}{'default / this':>16}{'row-steps':>11}{'positions':>11}{'mean len':>10}")
+        print(f"  {'changed':<42}{'wall s':>8}{'rollouts/s':>12}{'default / this':>16}{'row-steps':>11}"
+              f"{'positions':>11}{'mean len':>10}")
         for name, r in abl.items():
-            print(f"  {name:<42}{r['wall']:>8.1f}{r['rps']:>12.3f}{b['ours']['rps'] / r['rps']:>16.2f}{r['row_steps']:>11}"
-                  f"{r['positions']:>11}{r['length']:>10.1f}")
+            print(f"  {name:<42}{r['wall']:>8.1f}{r['rps']:>12.3f}{b['ours']['rps'] / r['rps']:>16.2f}"
+                  f"{r['row_steps']:>11}{r['positions']:>11}{r['length']:>10.1f}")
     if importlib.util.find_spec("vllm"):
         print("vLLM weight sync, seconds: streamed sync_weights ({} tensors) {:.2f} | save + reload_weights from the "
               "dir {:.2f} | save + a new engine {:.1f} (its start {:.1f})".format(*sync))
@@ -312,8 +321,11 @@ def real_model(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--model", help="a real model dir: tool-integrated rollouts, ours vs HF generate vs vLLM, weight sync, RL split")
-    p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "gsm8k_train.jsonl"), help="problems for --model")
+    p.add_argument("--model",
+                   help="a real model dir: tool-integrated rollouts, ours vs HF generate vs vLLM, weight sync, "
+                   "RL split")
+    p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "gsm8k_train.jsonl"),
+                   help="problems for --model")
     p.add_argument("--batch", type=int, default=16, help="rows of the no-model run")
     p.add_argument("--new-tokens", type=int, default=256, help="new tokens of the no-model run")
     p.add_argument("--equal-rows", type=int, default=16, help="--model (a): rows")
@@ -322,7 +334,8 @@ def main():
     p.add_argument("--group", type=int, default=16, help="--model (b): G, samples per prompt")
     p.add_argument("--rl-tokens", type=int, default=256, help="--model (b): response budget")
     p.add_argument("--ablate", action="store_true", help="--model: also one setting of our sampler changed at a time "
-                   "(fp32 instead of bf16, tool output in one forward, regroup at every finished row, a quarter of the rows at a time)")
+                   "(fp32 instead of bf16, tool output in one forward, regroup at every finished row, "
+                   "a quarter of the rows at a time)")
     p.add_argument("--naive-tokens", type=int, default=32, help="tokens the no-cache loop runs on the 100M model")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
@@ -335,8 +348,10 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         tiny_dir = M.build_tiny(os.path.join(d, "tiny"), pretrain_steps=0)
         tiny, tok = M.load(tiny_dir, device=args.device)
-    problems = [f"A warehouse has {1000 + 37 * i} crates with {10 + i} bolts in each crate. How many bolts?" for i in range(args.batch)]
-    prompts = [tok.encode(q, add_special_tokens=False)[: 12 + i] for i, q in enumerate(problems)]  # ragged: left padding
+    problems = [f"A warehouse has {1000 + 37 * i} crates with {10 + i} bolts in each crate. "
+                "How many bolts?" for i in range(args.batch)]
+    prompts = [tok.encode(q, add_special_tokens=False)[: 12 + i] for i,
+               q in enumerate(problems)]  # ragged: left padding
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=2304, num_hidden_layers=14,
                       num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=2048,

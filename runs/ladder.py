@@ -54,7 +54,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = [("T1", "base model, CoT"), ("T2", "+ CoT-RL, no tools"), ("T3", "+ TIRGen cold start"),
         ("T4", "+ episode-level RL"), ("T5", "+ step-level RL"), ("T6", "+ self-correction")]
-STEPS = [("T2", "T1", "CoT-RL without tools"), ("T3", "T1", "tools + TIRGen cold start"), ("T4", "T3", "episode-level RL"),
+STEPS = [("T2", "T1", "CoT-RL without tools"), ("T3", "T1", "tools + TIRGen cold start"),
+         ("T4", "T3", "episode-level RL"),
          ("T5", "T4", "step-level RL"), ("T6", "T5", "self-correction"), ("T5", "T3", "hierarchical RL")]
 B = 2000  # bootstrap resamples
 # --quick: sizes that only check that the stages fit together (seconds per stage).
@@ -120,8 +121,9 @@ def predict(d, row, model, extra, s, args, test, threads):
         name = f"{row}@{t}"
         preds = os.path.join(d, f"{name}.jsonl")
         if not os.path.exists(os.path.join(d, name, "report.json")):
-            run(["infer.py", "--model", model, "--data", test, "--out", preds, "--seed", str(s), "--temperature", str(t),
-                 "--max-new-tokens", str(args.max_new_tokens), "--batch", str(args.batch), *extra],
+            run(["infer.py", "--model", model, "--data", test, "--out", preds, "--seed", str(s),
+                 "--temperature", str(t), "--max-new-tokens", str(args.max_new_tokens),
+                 "--batch", str(args.batch), *extra],
                 os.path.join(d, f"{name}.infer.log"), threads)
             run(["eval.py", "--predictions", preds, "--benchmarks", "toy", "--out", os.path.join(d, name)],
                 os.path.join(d, f"{name}.eval.log"))
@@ -133,7 +135,8 @@ def scores(d, row, args):
     for t in args.temperatures:
         name = f"{row}@{t}"
         with open(os.path.join(d, name, "report.json")) as f, open(os.path.join(d, f"{name}.jsonl")) as g:
-            out[name] = json.load(f)["benchmarks"]["toy"], sorted((json.loads(line) for line in g), key=lambda r: r["id"])
+            out[name] = json.load(f)["benchmarks"]["toy"], sorted((json.loads(line) for line in g),
+                                                                  key=lambda r: r["id"])
     return out
 
 
@@ -152,8 +155,9 @@ def stage(out, cmd):
 def rl_stage(d, name, start, s, args, *flags):
     """rl.py from the model dir `start` into d/name, as a job."""
     q = QUICK["rl"] if args.quick else []
-    return stage(os.path.join(d, name), ["rl.py", "--model", start, "--out", os.path.join(d, name), "--seed", str(s), *flags,
-                                         "--iterations", str(args.rl_iterations), "--eval-every", "0", *q, *args.rl_args])
+    return stage(os.path.join(d, name),
+                 ["rl.py", "--model", start, "--out", os.path.join(d, name), "--seed", str(s), *flags,
+                  "--iterations", str(args.rl_iterations), "--eval-every", "0", *q, *args.rl_args])
 
 
 def row_job(d, row, model, extra, s, args, test):
@@ -163,7 +167,8 @@ def row_job(d, row, model, extra, s, args, test):
 
 def sft_stage(out, data, start, s, steps, args):
     """sft.py from the model dir `start` on `data` into `out`, as a job."""
-    return stage(out, ["sft.py", "--data", data, "--model", start, "--out", out, "--seed", str(s), "--max-steps", str(steps),
+    return stage(out,
+                 ["sft.py", "--data", data, "--model", start, "--out", out, "--seed", str(s), "--max-steps", str(steps),
                        "--eval-n", "0", *(QUICK["sft"] if args.quick else [])])
 
 
@@ -235,7 +240,8 @@ def tables(results, seeds, temps):
         reps = [results[s][f"{row}@{temps[0]}"][0] for s in seeds]
         cells += [f"{np.mean([r['tool_calls'] for r in reps]):.2f}", f"{np.mean([r['tokens'] for r in reps]):.0f}"]
         lines.append(f"| {row} {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Paired differences, percentage points: all seeds [95% interval] (seed " + "/".join(map(str, seeds)) + ").", "",
+    lines += ["", "Paired differences, percentage points: all seeds [95% interval] (seed "
+                  + "/".join(map(str, seeds)) + ").", "",
               "| step | " + " | ".join(f"{head[m]} T={t}" for m, t in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for row, base, name in STEPS:
         cells = []
@@ -258,7 +264,8 @@ def failures(results, seeds, temps, out):
     """Where the step level can act (markdown): per tool row, the share of answers with a failed call,
     how often those are still right against answers whose calls all ran, and the failed calls' error
     types; per RL run, what its rollouts and step-level groups did (rl.py's log, summed)."""
-    lines = ["| stage | T | answers with a failed call | their accuracy | accuracy, calls all ran | error types of failed calls |",
+    lines = ["| stage | T | answers with a failed call | their accuracy | accuracy, calls all ran "
+             "| error types of failed calls |",
              "|---|---|---|---|---|---|"]
     for row in ("T3", "T4", "T5", "T6"):
         for t in temps:
@@ -269,15 +276,19 @@ def failures(results, seeds, temps, out):
             acc = lambda ps: f"{100 * sum(bool(p['correct']) for p in ps) / len(ps):.1f}" if ps else "-"
             lines.append(f"| {row} | {t} | {100 * len(bad) / len(answers):.1f}% | {acc(bad)} | {acc(ok)} | "
                          + ", ".join(f"{k} {v}" for k, v in kinds.most_common(4)) + " |")
-    keys = ["failed_rollouts", "groups_with_failure", "step_prefixes", "step_no_code", "step_reward", "step_samples", "episode_samples"]
-    lines += ["", "| RL run | rollouts with a failed call | groups with a failed call | step prefixes | regenerations without code "
-              "| regenerations whose call ran | step samples | episode samples |", "|---" * 8 + "|"]
+    keys = ["failed_rollouts", "groups_with_failure", "step_prefixes", "step_no_code", "step_reward", "step_samples",
+            "episode_samples"]
+    lines += ["", "| RL run | rollouts with a failed call | groups with a failed call | step prefixes "
+              "| regenerations without code | regenerations whose call ran | step samples | episode samples |",
+              "|---" * 8 + "|"]
     for run_ in ("t4", "t5"):
         logs = [json.loads(line) for s in seeds for line in open(os.path.join(out, f"s{s}", run_, "log.jsonl"))]
         tot = {k: sum(r.get(k) or 0 for r in logs) for k in keys}
         ran = sum((r["step_reward"] or 0) * (r["step_rollouts"] - r["step_no_code"]) for r in logs)
-        lines.append(f"| {run_.upper()} | {100 * tot['failed_rollouts'] / len(logs):.1f}% | {tot['groups_with_failure']} | "
-                     f"{tot['step_prefixes']} | {tot['step_no_code']} | {ran:.0f} | {tot['step_samples']} | {tot['episode_samples']} |")
+        lines.append(f"| {run_.upper()} | {100 * tot['failed_rollouts'] / len(logs):.1f}% | "
+                     f"{tot['groups_with_failure']} | "
+                     f"{tot['step_prefixes']} | {tot['step_no_code']} | {ran:.0f} | {tot['step_samples']} | "
+                     f"{tot['episode_samples']} |")
     return "\n".join(lines)
 
 
@@ -299,7 +310,8 @@ def chart(results, seeds, temps, path):
         for i, (row, base, name) in enumerate(STEPS):
             v, lo, hi, _ = interval(results, seeds, t, "acc", row, base)
             y = i + (k - (len(temps) - 1) / 2) * width
-            bx.errorbar(v, y, xerr=[[v - lo], [hi - v]], fmt="o", color=f"C{k}", capsize=3, label=f"T={t}" if i == 0 else None)
+            bx.errorbar(v, y, xerr=[[v - lo], [hi - v]], fmt="o", color=f"C{k}", capsize=3,
+                        label=f"T={t}" if i == 0 else None)
     ax.set_xticks(range(len(ROWS)), [f"{r}\n{textwrap.fill(n, 14)}" for r, n in ROWS], fontsize=7)
     ax.set(ylim=(0, 100), title="accuracy % (95% interval; dots: seeds)")
     ax.legend(fontsize=8, loc="upper left")
@@ -354,7 +366,8 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="stages run at the same time, one CPU thread each (the cores)")
     p.add_argument("--out", default="out/ladder")
     p.add_argument("--tiny", default="out/tiny", help="the tiny copy model dir (built if missing)")
-    p.add_argument("--test-n", type=int, default=500, help="held-out toy problems scored per row (data/toy_test1000.jsonl)")
+    p.add_argument("--test-n", type=int, default=500,
+                   help="held-out toy problems scored per row (data/toy_test1000.jsonl)")
     p.add_argument("--cot-steps", type=int, default=250, help="SFT steps of the CoT base model")
     p.add_argument("--sft-steps", type=int, default=250, help="SFT steps of each TIRGen cold start")
     p.add_argument("--one-cold-start", action="store_true", help="one cold start for all seeds (the paper's one T3): "
@@ -392,15 +405,17 @@ def main(argv=None):
     print(f"{len(jobs)} stages, {args.jobs} at a time; logs in {args.out}/ and {args.out}/s<seed>/")
     schedule(jobs, args.jobs)
     shared = scores(args.out, "T1", args) | scores(args.out, "T2", args)
-    results = {s: {k: v for row in ("T3", "T4", "T5", "T6") for k, v in scores(os.path.join(args.out, f"s{s}"), row, args).items()}
+    results = {s: {k: v for row in ("T3", "T4", "T5", "T6") for k,
+                   v in scores(os.path.join(args.out, f"s{s}"), row, args).items()}
                | shared for s in seeds}
     with open(os.path.join(args.out, "rows.jsonl"), "w") as f:
         for s in seeds:
             for row, _ in ROWS:
                 for t in args.temperatures:
                     rep = results[s][f"{row}@{t}"][0]
-                    f.write(json.dumps(dict(seed=s, row=row, temperature=t, **{k: rep[k] for k in
-                                                                              ("avg@k", "tool_success", "tool_calls", "tokens")})) + "\n")
+                    f.write(json.dumps(dict(seed=s, row=row, temperature=t,
+                                            **{k: rep[k] for k in ("avg@k", "tool_success", "tool_calls",
+                                                                   "tokens")})) + "\n")
     md = tables(results, seeds, args.temperatures) + "\n\n" + failures(results, seeds, args.temperatures, args.out)
     with open(os.path.join(args.out, "ladder.md"), "w") as f:
         f.write(md + "\n")

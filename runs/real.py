@@ -89,8 +89,8 @@ def default_model():
         print(f"converting {gguf} -> {SMOLLM2} (once)", flush=True)
         os.makedirs(os.path.join(ROOT, "out"), exist_ok=True)
         with open(os.path.join(ROOT, SMOLLM2 + ".log"), "w") as log:
-            subprocess.run([sys.executable, "model.py", "convert", "--gguf", gguf, "--out", SMOLLM2], cwd=ROOT, check=True,
-                           stdout=log, stderr=subprocess.STDOUT)
+            subprocess.run([sys.executable, "model.py", "convert", "--gguf", gguf, "--out", SMOLLM2], cwd=ROOT,
+                           check=True, stdout=log, stderr=subprocess.STDOUT)
     return os.path.join(ROOT, SMOLLM2)
 
 
@@ -100,8 +100,8 @@ def tora_sft(data_dir):
     for r in jsonl(os.path.join(data_dir, "tora_tir_examples.jsonl")):
         resp, calls = r["messages"][-1]["content"], r["messages"][-1]["content"].count("```python")
         if calls:
-            recs.append(dict(id=r["id"], problem=r["messages"][0]["content"], answer=r["gt"], response=resp, correct=True,
-                             tool_calls=calls, tool_errors=0, model="ToRA examples", sample=0))
+            recs.append(dict(id=r["id"], problem=r["messages"][0]["content"], answer=r["gt"], response=resp,
+                             correct=True, tool_calls=calls, tool_errors=0, model="ToRA examples", sample=0))
     return recs
 
 # -----------------------------------------------------------------------------
@@ -121,24 +121,27 @@ def pipeline(args, S):
         for f in ("trajectories.jsonl", "tirgen_sft.jsonl"):
             if os.path.exists(j(f)):
                 os.remove(j(f))
-        run("tirgen", ["tirgen.py", "--actor", args.model, "--critic", args.model, *chat, "--data", j("tirgen_problems.jsonl"),
-                       "--trajectories", j("trajectories.jsonl"), "--out", j("tirgen_sft.jsonl"), "--L-step", str(S["L_step"]),
-                       "--critic-max-tokens", str(S["critic_tokens"]), "--max-steps", str(S["max_steps"]), "--workers", "1",
-                       "--sandbox-workers", "2", "--seed", str(args.seed)], args, done)
+        run("tirgen",
+            ["tirgen.py", "--actor", args.model, "--critic", args.model, *chat, "--data", j("tirgen_problems.jsonl"),
+             "--trajectories", j("trajectories.jsonl"), "--out", j("tirgen_sft.jsonl"), "--L-step", str(S["L_step"]),
+             "--critic-max-tokens", str(S["critic_tokens"]), "--max-steps", str(S["max_steps"]), "--workers", "1",
+             "--sandbox-workers", "2", "--seed", str(args.seed)], args, done)
     kept, tora = jsonl(j("tirgen_sft.jsonl")), tora_sft(args.data_dir)
     with open(j("sft.jsonl"), "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept + tora)
     if "sft" not in done:
         run("sft", ["sft.py", "--data", j("sft.jsonl"), "--model", args.model, "--out", j("sft"), *chat, "--lr", "2e-5",
-                    "--warmup", "0", "--epochs", "10", "--batch-size", "2", "--max-steps", str(S["sft_steps"]), "--max-len", "1024",
-                    "--heldout", "0.2", "--eval-every", "0", "--eval-n", "0", "--threads", str(args.threads),
-                    "--seed", str(args.seed)], args, done)
-    rl_data = head(os.path.join(args.data_dir, "gsm8k_train.jsonl"), 4 * S["rl_problems"], j("rl_problems.jsonl"), skip=half)
+                    "--warmup", "0", "--epochs", "10", "--batch-size", "2", "--max-steps", str(S["sft_steps"]),
+                    "--max-len", "1024", "--heldout", "0.2", "--eval-every", "0", "--eval-n", "0",
+                    "--threads", str(args.threads), "--seed", str(args.seed)], args, done)
+    rl_data = head(os.path.join(args.data_dir, "gsm8k_train.jsonl"), 4 * S["rl_problems"], j("rl_problems.jsonl"),
+                   skip=half)
     if "rl" not in done:
         run("rl", ["rl.py", "--model", j("sft"), "--data", rl_data, "--out", j("rl"), *chat, "--group-size", "4",
-                   "--batch-problems", str(S["rl_problems"]), "--iterations", str(S["rl_iterations"]), "--updates-per-batch", "2",
-                   "--micro-batch", "4", "--max-new-tokens", str(S["rl_tokens"]), "--max-refills", "0", "--lr", "1e-6",
-                   "--l-suf", "50", "--threads", str(args.threads), "--seed", str(args.seed), *S["rl_flags"]], args, done)
+                   "--batch-problems", str(S["rl_problems"]), "--iterations", str(S["rl_iterations"]),
+                   "--updates-per-batch", "2", "--micro-batch", "4", "--max-new-tokens", str(S["rl_tokens"]),
+                   "--max-refills", "0", "--lr", "1e-6", "--l-suf", "50", "--threads", str(args.threads),
+                   "--seed", str(args.seed), *S["rl_flags"]], args, done)
     n, budget = S["test_problems"], str(S["test_tokens"])
     if "infer" not in done:
         test = head(os.path.join(args.data_dir, "gsm8k_test.jsonl"), n, j("gsm8k_test_head.jsonl"))
@@ -180,7 +183,8 @@ def rows(args, done, n_kept, n_tora):
                     f"{r['episode_samples']}+{r['step_samples']}" for r in its) + " (episode+step)"))
     preds = jsonl(j("infer.jsonl"))
     out.append(("infer", sum(r["tokens"] for r in preds), sum(r["tool_calls"] for r in preds),
-                sum(r["tool_calls"] - r["tool_errors"] for r in preds), 100 * sum(r["correct"] for r in preds) / len(preds),
+                sum(r["tool_calls"] - r["tool_errors"] for r in preds),
+                100 * sum(r["correct"] for r in preds) / len(preds),
                 f"{len(preds)} GSM8K test, self-correction: {sum(r['corrections'] for r in preds)} rollbacks"))
     ev = jsonl(j("eval", "predictions.jsonl"))
     rep = json.load(open(j("eval", "report.json")))["benchmarks"]
@@ -202,19 +206,25 @@ def table(args, done, n_kept, n_tora):
     for name, tokens, calls, ok, acc, note in rows(args, done, n_kept, n_tora):
         d = done[name]
         speed = None if tokens is None else tokens / d["seconds"]
-        lines.append(f"| {name} | {d['seconds']:.0f} | {d['peak_mb']:.0f} | {cell(speed, '{:.1f}')} | {cell(calls, '{:d}')} | "
+        lines.append(f"| {name} | {d['seconds']:.0f} | {d['peak_mb']:.0f} | {cell(speed, '{:.1f}')} | "
+                     f"{cell(calls, '{:d}')} | "
                      f"{cell(100 * ok / calls if calls else None, '{:.0f}')} | {cell(acc, '{:.1f}')} | {note} |")
     total = sum(d["seconds"] for d in done.values())
-    lines += ["", f"total {total / 60:.1f} min; tokens/s = tokens sampled (rl: rollout tokens, tool output included; sft: "
-              "tokens trained on) per second of the stage's wall time, model loading included; peak RSS of the stage's process"]
+    lines += ["",
+              f"total {total / 60:.1f} min; tokens/s = tokens sampled (rl: rollout tokens, tool output included; sft: "
+              "tokens trained on) per second of the stage's wall time, model loading included; "
+              "peak RSS of the stage's process"]
     return "\n".join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="instruct model dir with a chat template (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"), help="folder of the shared JSONL files")
-    p.add_argument("--out", default="out/real", help="output folder (every stage's files and logs, stages.json, table.md)")
+    p.add_argument("--model", default=None,
+                   help="instruct model dir with a chat template (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"),
+                   help="folder of the shared JSONL files")
+    p.add_argument("--out", default="out/real",
+                   help="output folder (every stage's files and logs, stages.json, table.md)")
     p.add_argument("--quick", action="store_true", help="a handful of problems per stage: checks the wiring (CI)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads per stage")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage")
@@ -223,7 +233,8 @@ def main(argv=None):
     args.model = os.path.abspath(args.model) if args.model else default_model()
     args.out, args.data_dir = os.path.abspath(args.out), os.path.abspath(args.data_dir)
     if not os.path.exists(os.path.join(args.data_dir, "gsm8k_train.jsonl")):
-        raise SystemExit(f"{args.data_dir}: no gsm8k_train.jsonl (pass --data-dir, the folder of the shared data files)")
+        raise SystemExit(f"{args.data_dir}: no gsm8k_train.jsonl "
+                         "(pass --data-dir, the folder of the shared data files)")
     if args.fresh:
         shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
