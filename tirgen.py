@@ -7,12 +7,13 @@ problem or the answer: if the step computes something code should compute, it re
 pure reasoning r_logic and one self-contained Python block a_t. The block runs in the sandbox and
 r_logic + a_t + the real output o_t replace the step; the actor continues from there. Until
 \\boxed{} or --max-steps, --attempts tries per problem; then the multi-stage filter and its report.
+The file reads: prompts, Algorithm 1, the filter, then the agents (LLM and toy), files and the CLI.
+The toy problems themselves are written by data/prepare_toy.py.
 
     python tirgen.py                    # toy default: rule-based toy agents, data/toy_train.jsonl
                                         #   -> out/toy_trajectories.jsonl -> out/toy_sft.jsonl
     python tirgen.py --actor out/policy --critic http://127.0.0.1:8000/v1 --template chat \\
         --data problems.jsonl --trajectories out/traj.jsonl --out out/sft.jsonl --attempts 4
-    python tirgen.py --make-toy-data    # rewrite data/toy_{train,test}.jsonl from their seeds
 
 --actor/--critic: "toy", a model dir run through model.py (--engine hf|vllm), or the URL of an
 OpenAI-compatible server (POST .../v1/completions, e.g. `vllm serve Qwen/Qwen3-32B`: how a 32B
@@ -51,87 +52,6 @@ from tqdm import tqdm
 import model
 from rewards import extract_answer, has_repetition, is_equiv, read_jsonl as jsonl_lines, read_problems
 from sandbox import Sandbox, format_observation
-
-# -----------------------------------------------------------------------------
-# The toy task: arithmetic word problems a tiny model cannot do in its head but can solve by
-# writing code. Each record carries `kind` and `args` so the rule-based toy agents can read it.
-
-TOY_TEMPLATES = {
-    "mul": "A warehouse has {0} crates with {1} bolts in each crate. How many bolts are there in total?",
-    "add": "A farm sold {0}, {1} and {2} eggs on three days. How many eggs did it sell in total?",
-    "mod": "{0} marbles are packed into bags of {1}. How many marbles are left over?",
-    "eq": "Solve {0}*x + {1} = {2} for x.",
-    "mulmod": "A shop has {0} boxes with {1} pens in each box. The pens are shared equally among {2} classes. "
-              "How many pens are left over?",
-}
-
-
-def toy_answer(kind, args):
-    a = args
-    if kind == "mul":
-        return a[0] * a[1]
-    if kind == "add":
-        return sum(a)
-    if kind == "mod":
-        return a[0] % a[1]
-    if kind == "eq":
-        return (a[2] - a[1]) // a[0]
-    if kind == "mulmod":
-        return (a[0] * a[1]) % a[2]
-    raise ValueError(f"unknown toy kind {kind!r}")
-
-
-def make_toy_problems(n, seed, split, digits=4, two_call=0.25):
-    """n seeded toy problems. `digits` sets the size of the operands (difficulty), `two_call` the
-    share of problems that need two chained tool calls (product, then remainder of the output)."""
-    rng = random.Random(seed)
-    num = lambda d: rng.randint(10 ** (d - 1), 10 ** d - 1)
-    records = []
-    for i in range(n):
-        if rng.random() < two_call:
-            kind, args = "mulmod", [num(digits - 1), num(2), rng.randint(7, 97)]
-        else:
-            kind = rng.choice(["mul", "add", "mod", "eq"])
-            if kind == "mul":
-                args = [num(digits), num(max(2, digits - 1))]
-            elif kind == "add":
-                args = [num(digits) for _ in range(3)]
-            elif kind == "mod":
-                args = [num(digits + 1), rng.randint(13, 997)]
-            else:  # a*x + b = c with an integer solution x
-                a, x, b = rng.randint(3, 99), num(digits - 1), num(digits)
-                args = [a, b, a * x + b]
-        records.append({"id": f"toy-{split}-{i:05d}", "problem": TOY_TEMPLATES[kind].format(*args),
-                        "answer": str(toy_answer(kind, args)), "kind": kind, "args": args})
-    return records
-
-
-# The toy world's files: (file, split, problems, seed). toy_test1000 is toy_test grown to 1,000 problems
-# (the same seed, so its first 200 are toy_test's) for the ladder, where 200 give +-3.5 points of noise.
-TOY_FILES = [("toy_train.jsonl", "train", 2000, 1234), ("toy_test.jsonl", "test", 200, 5678),
-             ("toy_test1000.jsonl", "test", 1000, 5678)]
-TOY_SLIP, TOY_WORDED = 0.5, 0.1  # the toy actor's head-arithmetic slips and worded steps (--toy-slip, --toy-words)
-
-
-def toy_cot(problems):
-    """The toy actor's own tool-free trajectories (Algorithm 1 without a critic): the toy base model's
-    chain-of-thought corpus (data/toy_cot.jsonl, T1 of the ladder), head-arithmetic slips included."""
-    actor = toy_actor(TOY_SLIP, TOY_WORDED)
-    for rec in problems:
-        tau = tirgen_one(rec, actor, None, None, 8, random.Random(f"cot/{rec['id']}"))[0]
-        pred = extract_answer(tau)
-        yield {"id": rec["id"], "problem": rec["problem"], "answer": rec["answer"], "response": tau,
-               "correct": pred is not None and is_equiv(pred, rec["answer"])}
-
-
-def write_toy_data(out_dir="data"):
-    """data/toy_{train,test,test1000,cot}.jsonl, byte for byte the same on every run."""
-    os.makedirs(out_dir, exist_ok=True)
-    files = {name: make_toy_problems(n, seed, split) for name, split, n, seed in TOY_FILES}
-    files["toy_cot.jsonl"] = list(toy_cot(files["toy_train.jsonl"]))
-    for name, records in files.items():
-        with open(os.path.join(out_dir, name), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
 
 
 # -----------------------------------------------------------------------------
@@ -184,84 +104,132 @@ def actor_prompt(problem, wrap=None):
     user = ACTOR_INSTRUCTION + "\n" + problem
     return wrap(user) if wrap else model.RAW_TEMPLATE.replace(model.INSTRUCTION + "\n{problem}", user)
 
+
 # -----------------------------------------------------------------------------
-# Toy agents. An actor is actor(rec, tau, rng) -> (r_t, finished), a critic is critic(step, rng) ->
-# reply text; the toy ones are rules whose replies take the same path as an LLM's.
-
-TOY_PLANS = {  # the toy actor's computation steps: (lead, expression, true value); k = last result in τ
-    "mul": [lambda a, k: ("The total is", f"{a[0]} * {a[1]}", a[0] * a[1])],
-    "add": [lambda a, k: ("The total is", f"{a[0]} + {a[1]} + {a[2]}", sum(a))],
-    "mod": [lambda a, k: ("The remainder is", f"{a[0]} % {a[1]}", a[0] % a[1])],
-    "eq": [lambda a, k: ("So x is", f"({a[2]} - {a[1]}) / {a[0]}", (a[2] - a[1]) // a[0])],
-    "mulmod": [lambda a, k: ("The number of pens is", f"{a[0]} * {a[1]}", a[0] * a[1]),
-               lambda a, k: ("The remainder is", f"{k} % {a[2]}", k % a[2])],
-}
-TOY_WORDS = {"*": "times", "+": "plus", "%": "mod", "-": "minus", "/": "over"}
-TOY_CODE = [  # the toy critic's code per computation it recognises: library calls (filter rule 2) in the idioms
-    # an LLM critic varies between, one drawn per step. Each imports its own names and calls take their
-    # own argument shapes (a list, or separate numbers), so a policy that mixes them up fails the way real
-    # TIR code does: a missing import (np. after `import numpy`), wrong arguments (math.prod(a, b)), an
-    # undefined name (solve without `x = symbols('x')`).
-    (r"\d+(?: \* \d+)+", ["import math\nprint(math.prod([{nums}]))", "import numpy as np\nprint(np.prod([{nums}]))",
-                          "from sympy import Mul\nprint(Mul({nums}))"]),
-    (r"\d+(?: \+ \d+)+", ["import numpy\nprint(numpy.sum([{nums}]))", "import sympy\nprint(sympy.Add({nums}))",
-                          "from functools import reduce\nimport operator\nprint(reduce(operator.add, [{nums}]))"]),
-    (r"\d+ % \d+", ["import sympy\nprint(sympy.Mod({nums}))", "import numpy as np\nprint(np.mod({nums}))",
-                    "import operator\nprint(operator.mod({nums}))"]),
-    (r"\(\d+ - \d+\) / \d+", ["import sympy\nprint(sympy.Rational({0} - {1}, {2}))",
-                               "from sympy import symbols, solve\nx = symbols('x')\n"
-                               "print(solve({2}*x + {1} - {0}, x)[0])",
-                               "import sympy\nx = sympy.Symbol('x')\n"
-                               "print(sympy.solve(sympy.Eq({2}*x + {1}, {0}), x)[0])"]),
-]
-ARITH = re.compile(r"(\(?\d+(?: [-+*/%] \(?\d+\)?)+) = (-?\d+)")  # "a OP b = c", as the toy actor writes it
+# Algorithm 1: one attempt on one problem. The same function for toy, model-dir and URL agents.
 
 
-def toy_read(tau):
-    """What the toy actor knows from τ: how many steps it has written (prose lines outside the
-    blocks) and the last number outside code, i.e. a real output once a step has been spliced."""
-    no_code = CODE_BLOCK.sub("", tau)
-    prose = [line for line in re.sub(r"```output\n.*?```", "", no_code, flags=re.S).splitlines() if line.strip()]
-    numbers = re.findall(r"-?\d+", no_code)
-    return len(prose), int(numbers[-1]) if numbers else None
+def tirgen_one(rec, actor, critic, sandbox, max_steps, rng):
+    """Returns (τ, tool calls, tool errors, finish: boxed | eos | budget | abandoned).
+    critic=None is the pure-CoT pass: the actor alone."""
+    tau, calls = "", 0
+    for _ in range(max_steps):
+        r_t, finished = actor(rec, tau, rng)                       # r_t ~ π_actor(·|τ), |r_t| <= L_step
+        if not finished and "\n" in r_t:
+            r_t = r_t[:r_t.rindex("\n") + 1]                       # cut back to the last newline
+        if not r_t.strip():
+            return tau, calls, 0, "eos"
+        rewrite = parse_critic(critic(r_t, rng)) if critic else None  # JudgeCodeSolvable: code or not
+        if rewrite is None:
+            tau, prose = tau + r_t, r_t                            # τ ← τ ⊕ r_t
+        else:
+            r_logic, a_t = rewrite                                 # ExtractLogic, ConvertToCode
+            res = sandbox.run(a_t)                                 # o_t ← Sandbox(a_t): real output only
+            calls += 1
+            tau += (r_logic + "\n" if r_logic else "") + f"```python\n{a_t}\n```" + model.observation_text(
+                format_observation(res))                           # τ ← τ ⊕ (r_logic, a_t, o_t)
+            if not res.ok:
+                return tau, calls, 1, "abandoned"                  # a failing critic block abandons the try
+            prose = r_logic
+        if "\\boxed{" in prose:                                    # IsSolved(τ)
+            return tau, calls, 0, "boxed"
+        if finished and rewrite is None:
+            return tau, calls, 0, "eos"
+    return tau, calls, 0, "budget"
 
 
-def toy_slip(value, rng):
-    """A head-arithmetic mistake: one digit changed (never a new leading zero)."""
-    s = list(str(value))
-    i = rng.randrange(len(s))
-    s[i] = rng.choice([d for d in "0123456789" if d != s[i] and (d != "0" or i > 0 or len(s) == 1)])
-    return int("".join(s))
+def run_problem(rec, samples, actor, critic, sandbox, args, label):
+    """Trajectory records for the attempts `samples` of one problem (seeded per id and sample)."""
+    out = []
+    for j in samples:
+        tau, calls, errors, finish = tirgen_one(rec, actor, critic, sandbox, args.max_steps,
+                                                random.Random(f"{args.seed}/{rec['id']}/{j}"))
+        pred = extract_answer(tau)
+        out.append({**rec, "response": tau, "pred": pred, "correct": pred is not None and is_equiv(pred, rec["answer"]),
+                    "tool_calls": calls, "tool_errors": errors, "finish": finish, "model": label, "sample": j})
+    if args.drop_cot_solved and out:  # paper §2.2 stage 3: does a pure-CoT pass already solve it?
+        tau = tirgen_one(rec, actor, None, sandbox, args.max_steps, random.Random(f"{args.seed}/{rec['id']}/cot"))[0]
+        pred = extract_answer(tau)
+        for r in out:
+            r["cot_correct"] = pred is not None and is_equiv(pred, rec["answer"])
+    return out
 
 
-def toy_actor(slip, words):
-    def actor(rec, tau, rng):
-        stage, known = toy_read(tau)
-        plan = TOY_PLANS[rec["kind"]]
-        if stage >= len(plan):  # every step written: answer with the last result it knows
-            return f"So the answer is \\boxed{{{known}}}.", True
-        lead, expr, value = plan[stage](rec["args"], known)
-        if rng.random() < slip:
-            value = toy_slip(value, rng)
-        if rng.random() < words:  # worded so that the critic finds no "a OP b = c" to compute
-            return f"{lead} {' '.join(TOY_WORDS.get(w, w) for w in expr.split())}, which is {value}.\n", False
-        return f"{lead} {expr} = {value}.\n", False
-    return actor
+# -----------------------------------------------------------------------------
+# The multi-stage filter (paper §2.2): small pure predicates on a trajectory record, then balancing
+
+EXECUTED = re.compile(r"```python\n(?:(?!```).)*?\n```\n```output\n(?:(?!```).)*?\n```\n", re.S)
+MAX_TRIVIAL = 0.4  # share of a sample's blocks that may be trivial (paper: library call or control flow)
 
 
-def toy_critic(bug):
-    def critic(step, rng):
-        m = ARITH.search(step)
-        idioms = m and next((t for pat, t in TOY_CODE if re.fullmatch(pat, m.group(1))), None)
-        if not idioms:
-            return "no code"
-        nums = re.findall(r"\d+", m.group(1))
-        code = rng.choice(idioms).format(*nums, nums=", ".join(nums))
-        if rng.random() < bug:  # forgets the import, as real critics sometimes do: NameError
-            code = code.split("\n", 1)[1]
-        r_logic = step[:m.start()] + m.group(1) + step[m.end():]  # keep the logic, drop the head result
-        return f"{r_logic.strip()}\n```python\n{code}\n```"
-    return critic
+def not_abandoned(r):
+    return r["finish"] != "abandoned"  # Alg. 1: not in D_raw
+
+
+def format_ok(r):
+    """Every ```python block closed and followed by the environment's output block, no other
+    fence (so no model-written output block), and a non-empty \\boxed{} in the model's text."""
+    body, n = EXECUTED.subn("", r["response"])
+    return n == r["tool_calls"] and "```" not in body and "\\boxed{" in body and bool(extract_answer(body))
+
+
+def trivial(code):
+    return not re.search(r"^\s*(?:import|from)\s|\b(?:for|while|if)\b", code, re.M)
+
+
+def code_quality_ok(r):
+    """At least one call, every call succeeded, at most MAX_TRIVIAL of the blocks trivial."""
+    codes = CODE_BLOCK.findall(r["response"])
+    return r["tool_calls"] > 0 and r["tool_errors"] == 0 and sum(map(trivial, codes)) <= MAX_TRIVIAL * len(codes)
+
+
+def correct(r):
+    return r["correct"] is True  # graded with rewards.is_equiv when the trajectory was written
+
+
+def no_repetition(r):
+    return not has_repetition(re.sub(r"```output\n.*?```", "", r["response"], flags=re.S))
+
+
+def cot_unsolved(r):
+    return r.get("cot_correct") is not True
+
+
+RULES = [("abandoned: critic code failed (Alg. 1)", not_abandoned), ("format", format_ok),
+         ("code quality", code_quality_ok), ("correct final answer", correct), ("degenerate repetition", no_repetition)]
+
+
+def multi_stage_filter(records, rules, keep_one_call, seed):
+    """-> (SFT samples, [(stage, samples left)], samples before the call-round balancing)."""
+    rows = [("raw trajectories", len(records))]
+    for name, keep in rules:
+        records = [r for r in records if keep(r)]
+        rows.append((name, len(records)))
+    rng = random.Random(seed)
+    by_id = {}
+    for r in sorted(records, key=lambda r: (r["id"], r["sample"])):
+        by_id.setdefault(r["id"], []).append(r)
+    one = [rng.choice(v) for _, v in sorted(by_id.items())]
+    rows.append(("one sample per problem", len(one)))
+    kept = [r for r in one if r["tool_calls"] != 1 or rng.random() < keep_one_call]  # balance call rounds
+    rows.append((f"down-sample 1-call samples (keep {keep_one_call:.0%})", len(kept)))
+    return kept, rows, one
+
+
+def report(rows, before, kept):
+    print("multi-stage filter (paper §2.2)           removed    left")
+    for i, (name, n) in enumerate(rows):
+        print(f"  {name:<40} {'' if i == 0 else rows[i - 1][1] - n:>7} {n:>7}")
+    buckets = lambda rs: [sum(min(r["tool_calls"], 4) == c for r in rs) for c in (1, 2, 3, 4)]
+    print("calls per sample      before balancing  after")
+    for c, b, a in zip(("1", "2", "3", "4+"), buckets(before), buckets(kept)):
+        print(f"  {c:>3} {b:>18} {a:>7}  {'#' * round(40 * a / max(1, len(kept)))}")
+    print("length (characters)   samples")
+    edges = [128 * 2 ** i for i in range(12)]
+    lengths = [next(e for e in edges + [float("inf")] if len(r["response"]) < e) for r in kept]
+    for e in sorted(set(lengths)):
+        n = lengths.count(e)
+        print(f"  < {e:<7} {n:>13}  {'#' * round(40 * n / len(kept))}")
 
 
 # -----------------------------------------------------------------------------
@@ -346,130 +314,87 @@ def build_agents(args, sandbox):
               else llm_critic(*backend[args.critic], args.critic_max_tokens))
     return actor, critic
 
-# -----------------------------------------------------------------------------
-# Algorithm 1: one attempt on one problem. The same function for toy, model-dir and URL agents.
-
-
-def tirgen_one(rec, actor, critic, sandbox, max_steps, rng):
-    """Returns (τ, tool calls, tool errors, finish: boxed | eos | budget | abandoned).
-    critic=None is the pure-CoT pass: the actor alone."""
-    tau, calls = "", 0
-    for _ in range(max_steps):
-        r_t, finished = actor(rec, tau, rng)                       # r_t ~ π_actor(·|τ), |r_t| <= L_step
-        if not finished and "\n" in r_t:
-            r_t = r_t[:r_t.rindex("\n") + 1]                       # cut back to the last newline
-        if not r_t.strip():
-            return tau, calls, 0, "eos"
-        rewrite = parse_critic(critic(r_t, rng)) if critic else None  # JudgeCodeSolvable: code or not
-        if rewrite is None:
-            tau, prose = tau + r_t, r_t                            # τ ← τ ⊕ r_t
-        else:
-            r_logic, a_t = rewrite                                 # ExtractLogic, ConvertToCode
-            res = sandbox.run(a_t)                                 # o_t ← Sandbox(a_t): real output only
-            calls += 1
-            tau += (r_logic + "\n" if r_logic else "") + f"```python\n{a_t}\n```" + model.observation_text(
-                format_observation(res))                           # τ ← τ ⊕ (r_logic, a_t, o_t)
-            if not res.ok:
-                return tau, calls, 1, "abandoned"                  # a failing critic block abandons the try
-            prose = r_logic
-        if "\\boxed{" in prose:                                    # IsSolved(τ)
-            return tau, calls, 0, "boxed"
-        if finished and rewrite is None:
-            return tau, calls, 0, "eos"
-    return tau, calls, 0, "budget"
-
-
-def run_problem(rec, samples, actor, critic, sandbox, args, label):
-    """Trajectory records for the attempts `samples` of one problem (seeded per id and sample)."""
-    out = []
-    for j in samples:
-        tau, calls, errors, finish = tirgen_one(rec, actor, critic, sandbox, args.max_steps,
-                                                random.Random(f"{args.seed}/{rec['id']}/{j}"))
-        pred = extract_answer(tau)
-        out.append({**rec, "response": tau, "pred": pred, "correct": pred is not None and is_equiv(pred, rec["answer"]),
-                    "tool_calls": calls, "tool_errors": errors, "finish": finish, "model": label, "sample": j})
-    if args.drop_cot_solved and out:  # paper §2.2 stage 3: does a pure-CoT pass already solve it?
-        tau = tirgen_one(rec, actor, None, sandbox, args.max_steps, random.Random(f"{args.seed}/{rec['id']}/cot"))[0]
-        pred = extract_answer(tau)
-        for r in out:
-            r["cot_correct"] = pred is not None and is_equiv(pred, rec["answer"])
-    return out
 
 # -----------------------------------------------------------------------------
-# The multi-stage filter (paper §2.2): small pure predicates on a trajectory record, then balancing
+# Toy agents. An actor is actor(rec, tau, rng) -> (r_t, finished), a critic is critic(step, rng) ->
+# reply text; the toy ones are rules whose replies take the same path as an LLM's.
 
-EXECUTED = re.compile(r"```python\n(?:(?!```).)*?\n```\n```output\n(?:(?!```).)*?\n```\n", re.S)
-MAX_TRIVIAL = 0.4  # share of a sample's blocks that may be trivial (paper: library call or control flow)
-
-
-def not_abandoned(r):
-    return r["finish"] != "abandoned"  # Alg. 1: not in D_raw
-
-
-def format_ok(r):
-    """Every ```python block closed and followed by the environment's output block, no other
-    fence (so no model-written output block), and a non-empty \\boxed{} in the model's text."""
-    body, n = EXECUTED.subn("", r["response"])
-    return n == r["tool_calls"] and "```" not in body and "\\boxed{" in body and bool(extract_answer(body))
-
-
-def trivial(code):
-    return not re.search(r"^\s*(?:import|from)\s|\b(?:for|while|if)\b", code, re.M)
-
-
-def code_quality_ok(r):
-    """At least one call, every call succeeded, at most MAX_TRIVIAL of the blocks trivial."""
-    codes = CODE_BLOCK.findall(r["response"])
-    return r["tool_calls"] > 0 and r["tool_errors"] == 0 and sum(map(trivial, codes)) <= MAX_TRIVIAL * len(codes)
-
-
-def correct(r):
-    return r["correct"] is True  # graded with rewards.is_equiv when the trajectory was written
-
-
-def no_repetition(r):
-    return not has_repetition(re.sub(r"```output\n.*?```", "", r["response"], flags=re.S))
+TOY_SLIP, TOY_WORDED = 0.5, 0.1  # the toy actor's head-arithmetic slips and worded steps (--toy-slip, --toy-words)
+TOY_PLANS = {  # the toy actor's computation steps: (lead, expression, true value); k = last result in τ
+    "mul": [lambda a, k: ("The total is", f"{a[0]} * {a[1]}", a[0] * a[1])],
+    "add": [lambda a, k: ("The total is", f"{a[0]} + {a[1]} + {a[2]}", sum(a))],
+    "mod": [lambda a, k: ("The remainder is", f"{a[0]} % {a[1]}", a[0] % a[1])],
+    "eq": [lambda a, k: ("So x is", f"({a[2]} - {a[1]}) / {a[0]}", (a[2] - a[1]) // a[0])],
+    "mulmod": [lambda a, k: ("The number of pens is", f"{a[0]} * {a[1]}", a[0] * a[1]),
+               lambda a, k: ("The remainder is", f"{k} % {a[2]}", k % a[2])],
+}
+TOY_WORDS = {"*": "times", "+": "plus", "%": "mod", "-": "minus", "/": "over"}
+TOY_CODE = [  # the toy critic's code per computation it recognises: library calls (filter rule 2) in the idioms
+    # an LLM critic varies between, one drawn per step. Each imports its own names and calls take their
+    # own argument shapes (a list, or separate numbers), so a policy that mixes them up fails the way real
+    # TIR code does: a missing import (np. after `import numpy`), wrong arguments (math.prod(a, b)), an
+    # undefined name (solve without `x = symbols('x')`).
+    (r"\d+(?: \* \d+)+", ["import math\nprint(math.prod([{nums}]))", "import numpy as np\nprint(np.prod([{nums}]))",
+                          "from sympy import Mul\nprint(Mul({nums}))"]),
+    (r"\d+(?: \+ \d+)+", ["import numpy\nprint(numpy.sum([{nums}]))", "import sympy\nprint(sympy.Add({nums}))",
+                          "from functools import reduce\nimport operator\nprint(reduce(operator.add, [{nums}]))"]),
+    (r"\d+ % \d+", ["import sympy\nprint(sympy.Mod({nums}))", "import numpy as np\nprint(np.mod({nums}))",
+                    "import operator\nprint(operator.mod({nums}))"]),
+    (r"\(\d+ - \d+\) / \d+", ["import sympy\nprint(sympy.Rational({0} - {1}, {2}))",
+                               "from sympy import symbols, solve\nx = symbols('x')\n"
+                               "print(solve({2}*x + {1} - {0}, x)[0])",
+                               "import sympy\nx = sympy.Symbol('x')\n"
+                               "print(sympy.solve(sympy.Eq({2}*x + {1}, {0}), x)[0])"]),
+]
+ARITH = re.compile(r"(\(?\d+(?: [-+*/%] \(?\d+\)?)+) = (-?\d+)")  # "a OP b = c", as the toy actor writes it
 
 
-def cot_unsolved(r):
-    return r.get("cot_correct") is not True
+def toy_read(tau):
+    """What the toy actor knows from τ: how many steps it has written (prose lines outside the
+    blocks) and the last number outside code, i.e. a real output once a step has been spliced."""
+    no_code = CODE_BLOCK.sub("", tau)
+    prose = [line for line in re.sub(r"```output\n.*?```", "", no_code, flags=re.S).splitlines() if line.strip()]
+    numbers = re.findall(r"-?\d+", no_code)
+    return len(prose), int(numbers[-1]) if numbers else None
 
 
-RULES = [("abandoned: critic code failed (Alg. 1)", not_abandoned), ("format", format_ok),
-         ("code quality", code_quality_ok), ("correct final answer", correct), ("degenerate repetition", no_repetition)]
+def toy_slip(value, rng):
+    """A head-arithmetic mistake: one digit changed (never a new leading zero)."""
+    s = list(str(value))
+    i = rng.randrange(len(s))
+    s[i] = rng.choice([d for d in "0123456789" if d != s[i] and (d != "0" or i > 0 or len(s) == 1)])
+    return int("".join(s))
 
 
-def multi_stage_filter(records, rules, keep_one_call, seed):
-    """-> (SFT samples, [(stage, samples left)], samples before the call-round balancing)."""
-    rows = [("raw trajectories", len(records))]
-    for name, keep in rules:
-        records = [r for r in records if keep(r)]
-        rows.append((name, len(records)))
-    rng = random.Random(seed)
-    by_id = {}
-    for r in sorted(records, key=lambda r: (r["id"], r["sample"])):
-        by_id.setdefault(r["id"], []).append(r)
-    one = [rng.choice(v) for _, v in sorted(by_id.items())]
-    rows.append(("one sample per problem", len(one)))
-    kept = [r for r in one if r["tool_calls"] != 1 or rng.random() < keep_one_call]  # balance call rounds
-    rows.append((f"down-sample 1-call samples (keep {keep_one_call:.0%})", len(kept)))
-    return kept, rows, one
+def toy_actor(slip, words):
+    def actor(rec, tau, rng):
+        stage, known = toy_read(tau)
+        plan = TOY_PLANS[rec["kind"]]
+        if stage >= len(plan):  # every step written: answer with the last result it knows
+            return f"So the answer is \\boxed{{{known}}}.", True
+        lead, expr, value = plan[stage](rec["args"], known)
+        if rng.random() < slip:
+            value = toy_slip(value, rng)
+        if rng.random() < words:  # worded so that the critic finds no "a OP b = c" to compute
+            return f"{lead} {' '.join(TOY_WORDS.get(w, w) for w in expr.split())}, which is {value}.\n", False
+        return f"{lead} {expr} = {value}.\n", False
+    return actor
 
 
-def report(rows, before, kept):
-    print("multi-stage filter (paper §2.2)           removed    left")
-    for i, (name, n) in enumerate(rows):
-        print(f"  {name:<40} {'' if i == 0 else rows[i - 1][1] - n:>7} {n:>7}")
-    buckets = lambda rs: [sum(min(r["tool_calls"], 4) == c for r in rs) for c in (1, 2, 3, 4)]
-    print("calls per sample      before balancing  after")
-    for c, b, a in zip(("1", "2", "3", "4+"), buckets(before), buckets(kept)):
-        print(f"  {c:>3} {b:>18} {a:>7}  {'#' * round(40 * a / max(1, len(kept)))}")
-    print("length (characters)   samples")
-    edges = [128 * 2 ** i for i in range(12)]
-    lengths = [next(e for e in edges + [float("inf")] if len(r["response"]) < e) for r in kept]
-    for e in sorted(set(lengths)):
-        n = lengths.count(e)
-        print(f"  < {e:<7} {n:>13}  {'#' * round(40 * n / len(kept))}")
+def toy_critic(bug):
+    def critic(step, rng):
+        m = ARITH.search(step)
+        idioms = m and next((t for pat, t in TOY_CODE if re.fullmatch(pat, m.group(1))), None)
+        if not idioms:
+            return "no code"
+        nums = re.findall(r"\d+", m.group(1))
+        code = rng.choice(idioms).format(*nums, nums=", ".join(nums))
+        if rng.random() < bug:  # forgets the import, as real critics sometimes do: NameError
+            code = code.split("\n", 1)[1]
+        r_logic = step[:m.start()] + m.group(1) + step[m.end():]  # keep the logic, drop the head result
+        return f"{r_logic.strip()}\n```python\n{code}\n```"
+    return critic
+
 
 # -----------------------------------------------------------------------------
 # Files: JSONL readers that name the bad line, and the resumable writer
@@ -528,7 +453,6 @@ def main(argv=None):
     p.add_argument("--trajectories", default="out/toy_trajectories.jsonl",
                    help="raw trajectories JSONL (appended; resumable)")
     p.add_argument("--out", default="out/toy_sft.jsonl", help="filtered SFT samples JSONL (rewritten)")
-    p.add_argument("--make-toy-data", action="store_true", help="rewrite data/toy_{train,test}.jsonl and exit")
     # Agents
     p.add_argument("--actor", default="toy", help="toy | model dir | URL of an OpenAI-compatible server")
     p.add_argument("--critic", default="toy", help="toy | model dir | URL of an OpenAI-compatible server")
@@ -559,10 +483,6 @@ def main(argv=None):
     p.add_argument("--drop-cot-solved", action="store_true",
                    help="run a pure-CoT pass (the actor alone) and drop problems it solves")
     args = p.parse_args(argv)
-    if args.make_toy_data:
-        write_toy_data()
-        return
-
     # our files, or the shared training sets (gsm8k_train, math_train) as they are
     problems = read_problems(args.data, check=toy_problem_check if args.actor == "toy" else None)
     for path in (args.trajectories, args.out):

@@ -5,6 +5,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.join(ROOT, "data"))  # data/prepare_toy.py, imported as prepare_toy
 
 
 @pytest.fixture(scope="session")

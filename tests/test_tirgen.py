@@ -1,5 +1,5 @@
-"""tirgen.py: toy data, the critic's parser, the toy agents, Algorithm 1 on the real sandbox, each
-filter rule, balancing, the CLI (report, resume, bad input), URL agents against a local HTTP stub,
+"""tirgen.py and data/prepare_toy.py: toy data, the critic's parser, the toy agents, Algorithm 1 on the
+real sandbox, each filter rule, balancing, the CLI (report, resume, bad input), URL agents against a local HTTP stub,
 and an LLM-agent run with the tiny random model as actor and critic."""
 import json
 import os
@@ -9,6 +9,7 @@ from argparse import Namespace
 
 import pytest
 
+import prepare_toy
 import tirgen
 from stub_server import OpenAIStub, serve
 
@@ -16,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def toy_problems(n, kinds=None):
-    recs = tirgen.make_toy_problems(200, seed=99, split="t")
+    recs = prepare_toy.make_toy_problems(200, seed=99, split="t")
     return [r for r in recs if kinds is None or r["kind"] in kinds][:n]
 
 
@@ -33,7 +34,7 @@ def read_jsonl(path):
 
 
 def test_toy_data_files_are_byte_identical_to_the_generator(tmp_path):
-    tirgen.write_toy_data(str(tmp_path))
+    prepare_toy.write_toy_data(str(tmp_path))
     for name in ("toy_train.jsonl", "toy_test.jsonl", "toy_test1000.jsonl", "toy_cot.jsonl"):
         assert (tmp_path / name).read_bytes() == open(os.path.join(ROOT, "data", name), "rb").read(), name
     test, test1000 = (read_jsonl(os.path.join(ROOT, "data", n)) for n in ("toy_test.jsonl", "toy_test1000.jsonl"))

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import prepare_toy
 import tirgen
 
 
@@ -15,7 +16,7 @@ def test_missing_data_file_is_one_line(tmp_path):
 
 def test_drop_cot_solved_refuses_trajectories_without_the_cot_pass(tmp_path, capsys):
     data = tmp_path / "p.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in tirgen.make_toy_problems(4, seed=99, split="t")))
+    data.write_text("".join(json.dumps(r) + "\n" for r in prepare_toy.make_toy_problems(4, seed=99, split="t")))
     argv = ["--data", str(data), "--trajectories", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "s.jsonl"),
             "--sandbox-workers", "1", "--keep-one-call", "1"]
     tirgen.main(argv)  # written without the flag: no cot_correct
