@@ -73,8 +73,6 @@ import re
 import shlex
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -82,7 +80,7 @@ from contextlib import nullcontext
 from tqdm import tqdm
 
 from rewards import (CHECK_MEMORY_MB, CHECK_TIMEOUT_S, check_code, extract_answer, extract_code, grade_many,
-                     read_code_tasks, read_jsonl, read_problems, repair_jsonl)
+                     http_json, read_code_tasks, read_jsonl, read_problems, repair_jsonl)
 # torch and model.py are imported by the two functions below that need a model: scoring a predictions
 # file needs neither, and importing torch costs seconds per process (runs/ladder.py scores 30 files).
 
@@ -326,22 +324,6 @@ JUDGE_ID = hashlib.sha256(JUDGE_PROMPT.encode()).hexdigest()[:8]  # a cached jud
 JUDGE_TRIES, JUDGE_TIMEOUT_S, JUDGE_WORKERS = 3, 120.0, 8
 
 
-def _http_json(url, body=None):
-    """GET (body None) or POST JSON; retries with a back-off, then stops the run with the last error."""
-    headers = {"Content-Type": "application/json"}
-    if os.environ.get("OPENAI_API_KEY"):
-        headers["Authorization"] = "Bearer " + os.environ["OPENAI_API_KEY"]
-    req = urllib.request.Request(url, None if body is None else json.dumps(body).encode(), headers)
-    for i in range(JUDGE_TRIES):
-        try:
-            with urllib.request.urlopen(req, timeout=JUDGE_TIMEOUT_S) as resp:
-                return json.loads(resp.read())
-        except (urllib.error.URLError, OSError, ValueError) as e:  # HTTP errors, timeouts, bad JSON
-            if i == JUDGE_TRIES - 1:
-                raise SystemExit(f"--judge {url}: {e} ({JUDGE_TRIES} tries)")
-            time.sleep(2 ** i)
-
-
 def judge_verdict(reply):
     """True/False from the judge's reply (a thinking model's <think> part skipped), None if it says neither."""
     words = re.findall(r"\b(YES|NO)\b", (reply or "").rsplit("</think>", 1)[-1].upper())
@@ -351,7 +333,8 @@ def judge_verdict(reply):
 def judge(preds, url):
     """Ask the judge about every math sample with an answer and no judgement cached for it."""
     base = url.rstrip("/").removesuffix("/chat/completions").removesuffix("/v1") + "/v1"
-    name = _http_json(base + "/models")["data"][0]["id"]  # the served model
+    get = lambda url, body=None: http_json(url, body, tries=JUDGE_TRIES, timeout_s=JUDGE_TIMEOUT_S, flag="--judge")
+    name = get(base + "/models")["data"][0]["id"]  # the served model
     key = dict(model=name, prompt=JUDGE_ID)
     todo = []
     for b in [b for b in preds if b not in CODE]:
@@ -364,8 +347,8 @@ def judge(preds, url):
     def ask(item):
         r, pred = item
         content = JUDGE_PROMPT.format(problem=r.get("problem", "(not given)"), answer=r["answer"], pred=pred)
-        reply = _http_json(base + "/chat/completions", dict(model=name, temperature=0, max_tokens=1024,
-                                                            messages=[{"role": "user", "content": content}]))
+        reply = get(base + "/chat/completions", dict(model=name, temperature=0, max_tokens=1024,
+                                                      messages=[{"role": "user", "content": content}]))
         r["judge"] = dict(key, pred=pred, verdict=judge_verdict(reply["choices"][0]["message"]["content"]))
 
     ex = ThreadPoolExecutor(JUDGE_WORKERS)

@@ -42,6 +42,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from rewards import CODE_BLOCK
+
 # transformers 5.2x renames `past_key_values` to `cache`; the old name works across the versions we support.
 warnings.filterwarnings("ignore", message=".*past_key_values.*is deprecated")
 
@@ -130,7 +132,6 @@ class Rollout:
 
 
 FENCE_OPEN = "```python"
-CODE_RE = re.compile(r"```python[^\n]*\n(.*?)```", re.S)
 
 
 class _Row:
@@ -200,7 +201,7 @@ class _Row:
                 j -= 1
             self.code_start = j
             return None
-        m = CODE_RE.search(self.tok.decode(ids[self.code_start:]))
+        m = CODE_BLOCK.search(self.tok.decode(ids[self.code_start:]))
         if m is None:
             return None
         if self.executions >= self.cfg["max_tool_calls"]:

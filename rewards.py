@@ -46,6 +46,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +59,12 @@ MAX_LEN = 1000      # longer answers are only ever matched exactly (the longest 
 
 # -----------------------------------------------------------------------------
 # Extraction
+
+# A ```python block: the fence line (anything after "python" on it), the code, the closing fence. The one
+# definition: the sampler (model.py) runs the blocks it finds with it, TIRGen parses the critic with it,
+# and extract_code reads a code answer with it.
+CODE_BLOCK = re.compile(r"```python[^\n]*\n(.*?)```", re.S)
+
 
 def extract_answer(text):
     """Content of the last \\boxed{...} or \\fbox{...} (nested braces); None if it is unclosed.
@@ -422,6 +430,23 @@ def _grader_main():
 # -----------------------------------------------------------------------------
 # Public API
 
+def http_json(url, body=None, tries=3, timeout_s=600.0, flag=""):
+    """GET (body None) or POST JSON to an OpenAI-compatible server (the LLM judge, a served TIRGen agent);
+    retries with a back-off, then stops the run with the last error, naming the `flag` that gave the URL."""
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("OPENAI_API_KEY"):
+        headers["Authorization"] = "Bearer " + os.environ["OPENAI_API_KEY"]
+    req = urllib.request.Request(url, None if body is None else json.dumps(body).encode(), headers)
+    for i in range(tries):
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                return json.loads(resp.read())
+        except (urllib.error.URLError, OSError, ValueError) as e:  # HTTP errors, timeouts, bad JSON
+            if i == tries - 1:
+                raise SystemExit(f"{flag + ' ' if flag else ''}{url}: {e} ({tries} tries)")
+            time.sleep(2 ** i)
+
+
 def is_equiv(pred, gold, timeout=TIMEOUT_S):
     """Is the predicted answer the gold answer? Never raises; returns within about `timeout` seconds
     (plus, rarely, the start of a fresh grader process)."""
@@ -475,7 +500,6 @@ def step_reward(exec_result):
 # for floats, with a few special oracles; "base" uses base_input (HumanEval's or MBPP's own tests),
 # "plus" base_input and plus_input. A task without inputs (plain HumanEval) runs its `check` instead.
 
-CODE_BLOCK = re.compile(r"```python[^\n]*\n(.*?)```", re.S)
 CHECK_TIMEOUT_S = 300.0  # sandbox backstop per (task, solution) cell; the per-input limits below act first
 CHECK_MEMORY_MB = 4096   # evalplus's memory limit; Mbpp/255's largest input needs over 2 GB
 _KEEP = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)

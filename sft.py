@@ -120,7 +120,7 @@ def split_response(resp):
             raise ValueError(f"```output block at char {out} follows no ```python block (the model never writes one)")
         if code == -1:
             break
-        nl = resp.find("\n", code)  # like model.CODE_RE: the fence line, then the code, then ```
+        nl = resp.find("\n", code)  # like rewards.CODE_BLOCK: the fence line, then the code, then ```
         close = resp.find("```", nl + 1) if nl != -1 else -1
         if close == -1:
             raise ValueError(f"unclosed ```python block at char {code}")

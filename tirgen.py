@@ -43,14 +43,13 @@ import random
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm import tqdm
 
 import model
-from rewards import extract_answer, has_repetition, is_equiv, read_jsonl as jsonl_lines, read_problems
+from rewards import CODE_BLOCK, extract_answer, has_repetition, http_json, is_equiv, read_problems
+from rewards import read_jsonl as jsonl_lines
 from sandbox import Sandbox, format_observation
 
 
@@ -81,9 +80,6 @@ STEP:
 {step}
 REWRITE:
 """
-
-CODE_BLOCK = re.compile(r"```python[^\n]*\n(.*?)```", re.S)
-
 
 def parse_critic(reply):
     """The critic's reply -> (r_logic, code), or None for "no code". Robust by construction: the
@@ -267,22 +263,6 @@ def model_backend(path, engine, template, sandbox, sampling):
     def wrap(text):  # chat and thinking models: the user turn of the chat template (the actor's own instruction)
         return model.chat_prompt(tok, text)
     return complete, wrap if template != "raw" else None
-
-
-def http_json(url, body=None, tries=3):
-    """GET (body None) or POST JSON with the standard library; retries, then exits with the error."""
-    headers = {"Content-Type": "application/json"}
-    if os.environ.get("OPENAI_API_KEY"):
-        headers["Authorization"] = "Bearer " + os.environ["OPENAI_API_KEY"]
-    req = urllib.request.Request(url, json.dumps(body).encode() if body is not None else None, headers)
-    for i in range(tries):
-        try:
-            with urllib.request.urlopen(req, timeout=600) as resp:
-                return json.loads(resp.read())
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            if i == tries - 1:
-                raise SystemExit(f"{url}: {e}")
-            time.sleep(2 ** i)
 
 
 def endpoint_backend(url, sampling):
