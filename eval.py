@@ -193,14 +193,6 @@ def load_benchmark(name, data_dir, tasks=False):
 # Generation: model.rollout over fixed chunks of prompts, appended to the predictions file
 
 
-def default_model():
-    import model
-    for d in ("out/rl", "out/sft"):
-        if os.path.isdir(d):
-            return d, f"{d} (default: the latest trained stage)"
-    return model.ensure_tiny(), f"{model.TINY_DIR} (default: no out/rl or out/sft, so the untrained tiny model)"
-
-
 def token_budget(args, benchmark):
     """Paper §7: 4,096 tokens for non-reasoning models, 16,384 for reasoning ones (decision 3 for toy)."""
     if args.max_new_tokens:
@@ -244,12 +236,7 @@ def generate(args, problems, pred_path):
     else:
         engine, tok = model.load(args.model)
     model.build_prompt(tok, "", args.template)  # a template this tokenizer lacks stops here, before the progress bar
-    bar, sampled = tqdm(total=sum(len(c) for _, c in chunks) * args.k, desc="eval", unit="answer"), [0]
-
-    def progress(finished, tokens):  # called while a batch decodes: answers as they end, tokens as they come
-        sampled[0] += tokens
-        bar.set_postfix_str(f"{sampled[0]:,} tokens", refresh=False)
-        bar.update(finished)
+    bar, progress = model.progress_bar(sum(len(c) for _, c in chunks) * args.k, "eval")
     with Sandbox(workers=2, timeout_s=args.tool_timeout) as sb, open(pred_path, "a", encoding="utf-8") as f:
         for b, chunk in chunks:
             rollouts = model.rollout(
@@ -615,7 +602,11 @@ def main(argv=None):
         out = args.out or os.path.join("out", "eval", os.path.splitext(os.path.basename(pred_path))[0])
     else:
         names = names or ["toy"]
-        args.model, source = default_model() if args.model is None else (args.model, args.model)
+        if args.model is None:
+            import model  # only here: scoring a predictions file needs neither torch nor model.py
+            args.model, source = model.default_model()
+        else:
+            source = args.model
         args.model = os.path.normpath(args.model)
         out = args.out or os.path.join("out", "eval", os.path.basename(args.model))
         pred_path = os.path.join(out, "predictions.jsonl")

