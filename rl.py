@@ -251,7 +251,7 @@ def to_sample(r, adv, reward):
     return Sample(r.prompt_ids + r.response_ids, [0] * len(r.prompt_ids) + r.mask, adv, reward)
 
 
-def pg_loss(lp, old, adv, mask, n_tok, n_pos, eps_low=0.2, eps_high=0.28, nll_alpha=0.01, ref=None, kl=0.0):
+def pg_loss(lp, *, old, adv, mask, n_tok, n_pos, eps_low=0.2, eps_high=0.28, nll_alpha=0.01, ref=None, kl=0.0):
     """Eq. 4 / Eq. 7 (clipped surrogate) + nll_alpha * Eq. 5 (NLL on T_pos) [+ kl * k3 KL to a reference].
     n_tok / n_pos count the trained tokens / those of positive-advantage samples in the whole mini-batch on
     all ranks: summed over micro-batches and ranks, the gradients give the release's token mean (Eq. 4
@@ -313,9 +313,11 @@ def update(policy, ref, opt, samples, it, args, dev):
                 model.dummy_pass(policy, dev)
                 continue
             lp = token_logprobs(policy, part, args.temperature, dev)                   # (B, T)
-            loss, clipped, akl = pg_loss(lp, padded(part, "old", dev), torch.tensor([s.adv for s in part], device=dev),
-                                         padded(part, "mask", dev).float(), n_tok, n_pos, args.clip_low, args.clip_high,
-                                         args.nll_alpha, padded(part, "ref", dev) if args.kl else None, args.kl)
+            loss, clipped, akl = pg_loss(lp, old=padded(part, "old", dev),
+                                         adv=torch.tensor([s.adv for s in part], device=dev),
+                                         mask=padded(part, "mask", dev).float(), n_tok=n_tok, n_pos=n_pos,
+                                         eps_low=args.clip_low, eps_high=args.clip_high, nll_alpha=args.nll_alpha,
+                                         ref=padded(part, "ref", dev) if args.kl else None, kl=args.kl)
             # Each rank's loss is its share of the global token mean; FSDP averages the gradients over
             # the ranks, x WORLD makes that the sum.
             (loss * WORLD).backward()

@@ -37,7 +37,8 @@ def test_clip_objective_matches_hand_computation():
     old = torch.zeros(2, 2)
     lp = torch.log(torch.tensor([[1.5, 0.5], [1.5, 0.5]])).requires_grad_()
     adv, mask = torch.tensor([1.0, -1.0]), torch.ones(2, 2)
-    loss, clipped, _ = rl.pg_loss(lp, old, adv, mask, n_tok=4, n_pos=2, eps_low=0.2, eps_high=0.28, nll_alpha=0.0)
+    loss, clipped, _ = rl.pg_loss(lp, old=old, adv=adv, mask=mask, n_tok=4, n_pos=2, eps_low=0.2, eps_high=0.28,
+                                  nll_alpha=0.0)
     # min(rho A, clip(rho, 0.8, 1.28) A): +1: min(1.5, 1.28) = 1.28, min(0.5, 0.8) = 0.5;
     #                                     -1: min(-1.5, -1.28) = -1.5, min(-0.5, -0.8) = -0.8
     assert loss.item() == pytest.approx(-(1.28 + 0.5 - 1.5 - 0.8) / 4)
@@ -51,7 +52,7 @@ def test_nll_term_only_on_positive_advantage_samples():
     lp = torch.log(torch.tensor([[0.5, 0.25, 0.5], [0.5, 0.5, 0.5]])).requires_grad_()
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])       # the third token of sample 0 is forced
     adv = torch.tensor([2.0, -1.0])
-    loss, _, _ = rl.pg_loss(lp, lp.detach(), adv, mask, n_tok=5, n_pos=2, nll_alpha=0.5)
+    loss, _, _ = rl.pg_loss(lp, old=lp.detach(), adv=adv, mask=mask, n_tok=5, n_pos=2, nll_alpha=0.5)
     pg = -(2.0 * 2 - 1.0 * 3) / 5                                  # ratio 1: -(sum of A over trained tokens) / n_tok
     nll = -(math.log(0.5) + math.log(0.25)) / 2                    # Eq. 5: sample 0's two trained tokens only
     assert loss.item() == pytest.approx(pg + 0.5 * nll)
@@ -64,8 +65,9 @@ def test_nll_term_only_on_positive_advantage_samples():
 def test_kl_term_is_zero_at_the_reference_and_grows_away_from_it():
     lp = torch.log(torch.tensor([[0.5, 0.5]]))
     mask, adv = torch.ones(1, 2), torch.zeros(1)
-    same, _, _ = rl.pg_loss(lp, lp, adv, mask, 2, 0, nll_alpha=0.0, ref=lp, kl=0.1)
-    far, _, _ = rl.pg_loss(lp, lp, adv, mask, 2, 0, nll_alpha=0.0, ref=lp - 1.0, kl=0.1)
+    same, _, _ = rl.pg_loss(lp, old=lp, adv=adv, mask=mask, n_tok=2, n_pos=0, nll_alpha=0.0, ref=lp, kl=0.1)
+    far, _, _ = rl.pg_loss(lp, old=lp, adv=adv, mask=mask, n_tok=2, n_pos=0, nll_alpha=0.0, ref=lp - 1.0,
+                            kl=0.1)
     assert same.item() == pytest.approx(0.0) and far.item() == pytest.approx(0.1 * (math.exp(-1) + 1 - 1))
 
 # -----------------------------------------------------------------------------
@@ -264,8 +266,8 @@ def test_no_gradient_from_forced_tokens(tiny_dir, sandbox):
         lm.head.weight.grad = None
         lp = rl.token_logprobs(lm, [s, s2], 1.0)
         mask = rl.padded([s, s2], "mask", "cpu").float()
-        loss, _, _ = rl.pg_loss(lp, old, torch.tensor([s.adv, s2.adv]), mask, mask.sum().item(), sum(s.mask),
-                                nll_alpha=0.01)
+        loss, _, _ = rl.pg_loss(lp, old=old, adv=torch.tensor([s.adv, s2.adv]), mask=mask, n_tok=mask.sum().item(),
+                                n_pos=sum(s.mask), nll_alpha=0.01)
         loss.backward()
         return lm.head.weight.grad.T.clone()  # (T, V): row p is position p's logits
     with torch.no_grad():
