@@ -62,6 +62,7 @@ runs/recipes/ has the whole pipeline for each of the paper's four models):
 Ablations: --no-step-level (paper T4), --no-tools (T2), --no-episode-level, --only-failed-steps, --l-suf, --kl ...
 """
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -491,26 +492,24 @@ def sync(engine, policy, dtype):
         model.copy_params(engine, model.full_params(policy, dtype))
 
 # -----------------------------------------------------------------------------
-# Init and the training loop
+# The training loop: main() as a list of phases (plan, load, engine, log, then rollouts and updates)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.plan:  # config.json only: no data, no weights, no process group
-        rows = min((args.rollout_chunk or math.ceil(args.batch_problems / args.nproc)) * args.group_size, model.ROWS)
-        raise SystemExit(model.print_plan(args.model, args.nproc, args.gpu_memory, seq=512 + args.max_new_tokens,
-                                          micro_batch=args.micro_batch, grad_ckpt=args.grad_checkpointing,
-                                          cpu_offload=args.cpu_offload, engine=args.engine,
-                                          vllm_memory=args.vllm_gpu_memory, rollout_rows=rows, kl=args.kl > 0))
-    owns_group = not dist.is_initialized()
-    _, _, dev = model.init_dist()  # torchrun: one process per GPU (or gloo processes on CPU); else a 1-rank group
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = rewards.read_problems(args.data)  # our files, or the shared training sets as they are
-    eval_set = rewards.read_problems(args.eval_data)[:args.eval_problems] if args.eval_data and args.eval_every else []
-    # Model: fp32 weights (AdamW at lr 1e-6 needs them), read once by rank 0 and broadcast into the shards.
-    # Dropout stays off (eval mode; --grad-checkpointing needs train mode, and Qwen/Llama configs have no
-    # dropout), so pi_old and pi are the same function and the first mini-batch's ratio is exactly 1.
+def plan(args):
+    """--plan: whether the run fits, from config.json alone (no data, no weights, no process group)."""
+    rows = min((args.rollout_chunk or math.ceil(args.batch_problems / args.nproc)) * args.group_size, model.ROWS)
+    return model.print_plan(args.model, args.nproc, args.gpu_memory, seq=512 + args.max_new_tokens,
+                            micro_batch=args.micro_batch, grad_ckpt=args.grad_checkpointing,
+                            cpu_offload=args.cpu_offload, engine=args.engine, vllm_memory=args.vllm_gpu_memory,
+                            rollout_rows=rows, kl=args.kl > 0)
+
+
+def load_policy(args, dev):
+    """(policy, tok, ref, opt, start iteration, data position): the sharded policy, the frozen reference
+    (--kl) and AdamW, restored from the checkpoint with --resume.
+    fp32 weights (AdamW at lr 1e-6 needs them), read once by rank 0 and broadcast into the shards.
+    Dropout stays off (eval mode; --grad-checkpointing needs train mode, and Qwen/Llama configs have no
+    dropout), so pi_old and pi are the same function and the first mini-batch's ratio is exactly 1."""
     state_path = os.path.join(args.out, STATE)
     if args.resume and not os.path.exists(os.path.join(state_path, "meta.pt")):
         raise SystemExit(f"--resume: no checkpoint at {state_path}")
@@ -523,77 +522,128 @@ def main(argv=None):
         if meta["seed"] != args.seed:
             raise SystemExit(f"--resume: the checkpoint was made with --seed {meta['seed']}; the data order needs it")
         start, pos = meta["iteration"], meta["pos"]
-    if args.engine == "vllm":  # one engine per rank (model.VLLM), sized for the longest prompt + the budget
-        longest = max(len(model.encode_prompt(tok, p["problem"], args.template)) for p in data + eval_set)
+    return policy, tok, ref, opt, start, pos
+
+
+def rollout_engine(args, tok, policy, problems, dev):
+    """(engine, its dtype): one vLLM engine per rank (model.VLLM), sized for the longest prompt + the
+    budget, or the hand-written sampler on an unsharded replica (bf16 on GPU: sampling needs no
+    collectives). With --resume the engine gets the policy's weights, which have moved since --model."""
+    if args.engine == "vllm":
+        longest = max(len(model.encode_prompt(tok, p["problem"], args.template)) for p in problems)
         engine = model.VLLM(args.model, gpu_memory=args.vllm_gpu_memory, seed=args.seed + RANK,
                             max_model_len=longest + args.max_new_tokens)
-    else:  # the hand-written sampler runs on an unsharded replica (bf16 on GPU): sampling needs no collectives
+    else:
         engine = model.load(args.model, device=dev)[0]
     engine_dtype = engine.dtype if args.engine == "vllm" else next(engine.parameters()).dtype
-    if args.resume:  # the engine starts from --model; the policy has moved since
+    if args.resume:
         if args.engine == "vllm":
             engine.sleep()  # as after an update: wake_and_sync expects a sleeping engine
         sync(engine, policy, engine_dtype)
+    return engine, engine_dtype
+
+
+def open_log(args, start):
+    """log(record): prints a line and appends the record to <out>/log.jsonl. A fresh run starts a new log;
+    a resumed one drops the records past its checkpoint."""
     os.makedirs(args.out, exist_ok=True)
     log_path = os.path.join(args.out, "log.jsonl")
-    if RANK == 0:  # a fresh run starts a new log; a resumed one drops the records past its checkpoint
+    if RANK == 0:
         old_log = list(open(log_path)) if args.resume and os.path.exists(log_path) else []
         with open(log_path, "w") as f:
             f.writelines(line for line in old_log if json.loads(line)["iteration"] <= start)
 
     def log(rec):
         model.print0(console_line(rec) if "accuracy" in rec else
-               f"it {rec['iteration']} | eval acc {rec['eval_accuracy']:.3f} tool ok {rec['eval_tool_success']:.3f}")
+                     f"it {rec['iteration']} | eval acc {rec['eval_accuracy']:.3f} "
+                     f"tool ok {rec['eval_tool_success']:.3f}")
         if RANK == 0:
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+    return log, log_path
 
-    # Ctrl-C / SIGTERM: stop at once, except during an update, which finishes first; either way the
-    # checkpoint then holds the weights of the last completed iteration.
-    interrupted, in_update = [], [False]
 
-    def on_signal(sig, frame):
-        interrupted.append(sig)
-        if not in_update[0]:
+class Interrupts:
+    """Ctrl-C / SIGTERM: stop at once (KeyboardInterrupt), except during an update, which finishes first;
+    either way the checkpoint then holds the weights of the last completed iteration."""
+
+    def __enter__(self):
+        self.caught, self.in_update = [], False
+        self.handlers = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def on_signal(self, sig, frame):
+        self.caught.append(sig)
+        if not self.in_update:
             raise KeyboardInterrupt
-    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def __exit__(self, *exc):
+        for s, h in self.handlers.items():
+            signal.signal(s, h)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """A signal inside this block raises only at its end."""
+        self.in_update = True
+        yield
+        self.in_update = False
+        if self.caught:
+            raise KeyboardInterrupt
+
+
+def rollout_batch(engine, tok, sb, data, pos, args, dev):
+    """(samples, stats, next data position) of one batch: rounds of problems, each rank rolling out its
+    chunks; DAPO dynamic sampling drops the zero-std groups, and up to --max-refills later rounds refill them."""
+    samples, st, kept = [], Counter(), 0
+    for _ in range(1 + args.max_refills):
+        need = args.batch_problems - kept
+        size = args.rollout_chunk or math.ceil(need / WORLD)
+        chunks = [range(pos + k, pos + min(k + size, need)) for k in range(0, need, size)]
+        for chunk in chunks[RANK::WORLD]:  # chunk c of a round goes to rank c % WORLD
+            s, c = collect(engine, tok, sb, [problem_at(data, q, args.seed) for q in chunk], chunk[0], args)
+            samples += s
+            st.update(c)
+        pos += need
+        kept = int(model.allsum([st["groups_kept"]], dev)[0])
+        if not (args.episode_level and args.dynamic_sampling) or kept >= args.batch_problems:
+            break
+    return samples, st, pos
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.plan:
+        raise SystemExit(plan(args))
+    owns_group = not dist.is_initialized()
+    _, _, dev = model.init_dist()  # torchrun: one process per GPU (or gloo processes on CPU); else a 1-rank group
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = rewards.read_problems(args.data)  # our files, or the shared training sets as they are
+    eval_set = rewards.read_problems(args.eval_data)[:args.eval_problems] if args.eval_data and args.eval_every else []
+    policy, tok, ref, opt, start, pos = load_policy(args, dev)
+    engine, engine_dtype = rollout_engine(args, tok, policy, data + eval_set, dev)
+    log, log_path = open_log(args, start)
     done = (start, pos)
-    model.print0(f"rl: {args.model} ({sum(q.numel() for q in policy.parameters()) / 1e6:.1f}M params) on {len(data)} "
-           f"problems, {WORLD} rank(s), "
-           f"G={args.group_size}, {args.batch_problems} problems x {args.updates_per_batch} updates per batch")
-    with Sandbox(workers=args.sandbox_workers, timeout_s=args.tool_timeout) as raw_sb:
+    model.print0(f"rl: {args.model} ({sum(q.numel() for q in policy.parameters()) / 1e6:.1f}M params) on "
+                 f"{len(data)} problems, {WORLD} rank(s), G={args.group_size}, {args.batch_problems} problems x "
+                 f"{args.updates_per_batch} updates per batch")
+    with Interrupts() as interrupts, Sandbox(workers=args.sandbox_workers, timeout_s=args.tool_timeout) as raw_sb:
         sb = TimedSandbox(raw_sb)
         try:
             if eval_set and start == 0:
                 log({"iteration": 0, **evaluate(engine, tok, sb, eval_set, args, dev)})
             for it in range(start, args.iterations):
-                # --- rollouts, in rounds: DAPO dynamic sampling refills the groups it dropped
                 t0, sb.seconds = time.perf_counter(), 0.0
-                samples, st, kept = [], Counter(), 0
-                for _ in range(1 + args.max_refills):
-                    need = args.batch_problems - kept
-                    size = args.rollout_chunk or math.ceil(need / WORLD)
-                    chunks = [range(pos + k, pos + min(k + size, need)) for k in range(0, need, size)]
-                    for chunk in chunks[RANK::WORLD]:  # chunk c of a round goes to rank c % WORLD
-                        s, c = collect(engine, tok, sb, [problem_at(data, q, args.seed) for q in chunk], chunk[0], args)
-                        samples += s
-                        st.update(c)
-                    pos += need
-                    kept = int(model.allsum([st["groups_kept"]], dev)[0])
-                    if not (args.episode_level and args.dynamic_sampling) or kept >= args.batch_problems:
-                        break
+                samples, st, pos = rollout_batch(engine, tok, sb, data, pos, args, dev)
                 t_roll, t_tool = time.perf_counter() - t0, sb.seconds
-                # --- update (no interrupt in the middle: a checkpoint never holds half an iteration)
-                t0, in_update[0] = time.perf_counter(), True
-                if args.engine == "vllm":
-                    engine.sleep()  # frees the GPU memory of vLLM's weights and KV cache for the update
-                upd = update(policy, ref, opt, samples, it, args, dev)
-                # the next rollouts sample from the new weights, streamed one gathered tensor at a time
-                sync(engine, policy, engine_dtype)
-                done, in_update[0] = (it + 1, pos), False
-                if interrupted:
-                    raise KeyboardInterrupt
-                # --- log, evaluate, checkpoint
+                t0 = time.perf_counter()
+                with interrupts.deferred():  # a checkpoint never holds half an iteration
+                    if args.engine == "vllm":
+                        engine.sleep()  # frees the GPU memory of vLLM's weights and KV cache for the update
+                    upd = update(policy, ref, opt, samples, it, args, dev)
+                    # the next rollouts sample from the new weights, streamed one gathered tensor at a time
+                    sync(engine, policy, engine_dtype)
+                    done = (it + 1, pos)
                 st.update(clip_frac=upd["clip_frac"], approx_kl=upd["approx_kl"])
                 rec = summarise(st, upd, it + 1, pos, (t_roll - t_tool, t_tool, time.perf_counter() - t0), dev)
                 if eval_set and ((it + 1) % args.eval_every == 0 or it + 1 == args.iterations):
@@ -603,9 +653,6 @@ def main(argv=None):
                     save_checkpoint(policy, tok, opt, done, args)
         except KeyboardInterrupt:
             model.print0(f"interrupted: saving the checkpoint of iteration {done[0]}")
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
     save_checkpoint(policy, tok, opt, done, args)
     if RANK == 0:
         plot_curves(log_path, args.plot)
