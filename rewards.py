@@ -598,7 +598,7 @@ def check_code(sandbox, jobs):
 
 
 # -----------------------------------------------------------------------------
-# Problem files: the one reader every stage uses (DESIGN.md), for our files and the shared ones as they are
+# Problem files: the one reader every stage uses (docs/design.md), for our files and the shared ones as they are
 
 
 def read_jsonl(path):
@@ -642,7 +642,8 @@ def repair_jsonl(path):
 
 
 def _gold(r):
-    """The gold answer of a record in any of the shared schemas (../shared/data/README.md), or None."""
+    """The gold answer of a record in any of the shared schemas, or None (docs/design.md, "Benchmark and
+    training files")."""
     a = r.get("answer")
     if isinstance(a, str) and "####" in a:     # GSM8K: worked solution, then "#### 1,234"
         return a.split("####")[-1].strip().replace(",", "")
@@ -714,8 +715,9 @@ def read_problems(path, need_answer=True, check=None):
 
 
 def read_code_tasks(path):
-    """Code tasks of HumanEval / HumanEval+ / MBPP+ files as they are (../shared/data/README.md), each with
-    "id" = its task_id; a task needs its tests: base_input and plus_input (EvalPlus) or test (HumanEval)."""
+    """Code tasks of HumanEval / HumanEval+ / MBPP+ files as they are (docs/design.md, "Benchmark and training
+    files"), each with "id" = its task_id; a task needs its tests: base_input and plus_input (EvalPlus) or
+    test (HumanEval)."""
     out, seen = [], set()
     for n, r in read_jsonl(path):
         tests = ["base_input", "plus_input"] if "base_input" in r else ["test"]

@@ -35,7 +35,7 @@ Deliberate simplifications (the released verl fork does more):
      global mini-batch, and a rank short of micro-batches runs zero-weight ones (every forward and
      backward is a collective). Rollouts sample from an unsharded copy (--engine hf: a bf16 replica;
      vllm: the engine) that receives the new weights one gathered tensor at a time after each update.
-     --plan says beforehand whether a model fits (the README has the paper's four models).
+     --plan says beforehand whether a model fits (docs/scale.md has the paper's four models).
   5. Every random draw is seeded from (--seed, data position): runs are reproducible, --resume continues
      bit for bit, and with --rollout-chunk set the samples do not depend on the number of ranks.
   6. --engine vllm: one independent in-process engine per rank, colocated (no vLLM data parallel: see

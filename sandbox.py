@@ -3,7 +3,7 @@ Run model-written Python safely, fast and in parallel: the tool of THOR's trajec
 
 In:  Python source, one ```python block (blocks are independent, paper §2).
 Out: ExecResult(ok, stdout, error, timed_out, seconds, stderr); format_observation(result) is
-     the text that goes inside the ```output block (../shared/DESIGN.md).
+     the text that goes inside the ```output block (docs/design.md).
 
     with Sandbox(workers=2, timeout_s=10.0, memory_mb=2048) as sb:
         r = sb.run("import sympy\nprint(sympy.factorint(360))")
@@ -98,7 +98,7 @@ class ExecResult:
 
 
 def format_observation(r: ExecResult) -> str:
-    """What goes inside the ```output block (DESIGN.md): stdout on success, else the one-line
+    """What goes inside the ```output block (docs/design.md): stdout on success, else the one-line
     error (the timeout message on timeout); stripped like THOR's release, and anything longer
     than 256 chars keeps its first and last 128 around '...'."""
     text = (r.stdout if r.ok else (r.error or r.stdout)).strip()

@@ -1,7 +1,7 @@
 """
 Cold-start SFT (paper §2.3, Eq. 3): sft.jsonl + model dir -> model dir.
 
-In:  trajectory JSONL (DESIGN.md: the problem fields + "response", the tool-integrated text with the
+In:  trajectory JSONL (docs/design.md: the problem fields + "response", the tool-integrated text with the
      environment's ```output blocks), e.g. what `python tirgen.py` writes; a model dir.
 Out: a model dir (`save_pretrained`, in --model's dtype, loads in every later stage) + train_state/
      (sharded fp32 weights and AdamW state, step, RNG, data order) for --resume; optionally the held-out

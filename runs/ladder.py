@@ -2,8 +2,8 @@
 runs/ladder.py: the whole THOR pipeline on the embedded toy default, ending in the toy version of
 the paper's Table 3 ablation ladder (T1-T6), every step a paired difference with a 95% interval.
 
-    python runs/ladder.py                       # 3 seeds on 2 CPU cores (see the README for the time)
-    python runs/ladder.py --one-cold-start --rl-iterations 8 --test-n 250   # quicker, see the README
+    python runs/ladder.py                       # 3 seeds on 2 CPU cores (docs/ladder.md has the time)
+    python runs/ladder.py --one-cold-start --rl-iterations 8 --test-n 250   # quicker: docs/ladder.md
     python runs/ladder.py --seeds 0 --quick     # tiny sizes, a smoke test of the wiring (pytest runs it)
     python runs/ladder.py --out out/ladder-a001 --rl-args='--nll-alpha 0.01'   # an RL ablation, same seeds
 

@@ -192,7 +192,7 @@ def test_plan_activations_match_what_autograd_keeps(name, tmp_path):
 
 def test_plan_fits_and_does_not_fit(capsys):
     seven_b = os.path.join(CONFIGS, "Qwen2.5-Math-7B")
-    with pytest.raises(SystemExit) as e:   # the README's THOR-7B RL configuration on 8 x 80 GB
+    with pytest.raises(SystemExit) as e:   # docs/scale.md's THOR-7B RL configuration on 8 x 80 GB
         rl.main(["--plan", "--model", seven_b, "--nproc", "8", "--gpu-memory", "79", "--engine", "vllm",
                  "--max-new-tokens", "3584", "--micro-batch", "2", "--grad-checkpointing"])
     assert e.value.code is None   # exit status 0

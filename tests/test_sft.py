@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def trajectory(a, b):
-    """A DESIGN.md-style response: reasoning, a code block, the environment's output, the answer."""
+    """A docs/design.md-style response: reasoning, a code block, the environment's output, the answer."""
     return (f"We need the product.\n```python\nimport math\nprint(math.prod([{a}, {b}]))\n```"
             + model.observation_text(str(a * b)) + f"So the answer is \\boxed{{{a * b}}}.")
 

