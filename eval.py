@@ -453,54 +453,68 @@ def judged(r):
 def score(preds, k):
     """Per-benchmark metrics from load_predictions' output, on each problem's first k samples (pass@k on
     all of them); math is graded afresh, code by the verdicts check_solutions keeps up to date."""
+    grade_math(preds)
+    same = equivalent_answers(preds, k)
+    return {b: metrics(b, ids, k, same) for b, ids in preds.items()}
+
+
+def grade_math(preds):
+    """Sets each math record's "pred" (the extracted answer) and "correct", in place, in one grading batch."""
     math_recs = [r for b, ids in preds.items() if b not in CODE for rs in ids.values() for r in rs]
     for r in math_recs:
         r["pred"] = extract_answer(r["response"]) if "response" in r else r.get("pred")
     for r, ok in zip(math_recs, grade_many([(r["pred"], str(r["answer"])) for r in math_recs])):
         r["correct"] = ok
-    # maj@k groups equivalent answers: grade every pair of distinct answers among a problem's first k
-    # in one batch (an earlier answer first, as majority_index asks), then vote.
+
+
+def equivalent_answers(preds, k):
+    """{(x, y): x is equivalent to y} for every pair of distinct answers among a problem's first k, an
+    earlier answer first (as majority_index asks), graded in one batch: maj@k groups equivalent answers."""
     pairs = set()
     for b, ids in preds.items():
         for rs in ids.values():
             answers = [r["pred"] for r in rs[:k] if b not in CODE and r["pred"] is not None]
             pairs |= {(x, y) for i, x in enumerate(answers) for y in answers[i + 1:] if x != y}
-    same = dict(zip(pairs, grade_many(list(pairs))))
-    report = {}
-    for b, ids in preds.items():
-        k_b = min(k, min(len(rs) for rs in ids.values()))
-        firsts = [rs[:k] for rs in ids.values()]
-        rs_all = [r for rs in firsts for r in rs]
-        tool = [r for r in rs_all if "tool_calls" in r]
-        calls = sum(r["tool_calls"] for r in tool)
-        maj = None if b in CODE else [majority_index([r["pred"] for r in rs], lambda x, y: same.get((x, y), False))
-                                      for rs in firsts]
-        m = report[b] = {
-            "n": len(ids), "k": k_b, "samples": len(rs_all),
-            "avg@k": 100 * _mean([_mean([r["correct"] for r in rs]) for rs in firsts]),
-            "pass@k": 100 * _mean([pass_at_k(len(rs), sum(r["correct"] for r in rs), k_b) for rs in ids.values()]),
-            "maj@k": None if maj is None else 100 * _mean([w is not None and rs[w]["correct"] for w,
-                                                           rs in zip(maj, firsts)]),
-            "tokens": _mean([r.get("tokens") for r in rs_all]),
-            "tool_calls": _mean([r["tool_calls"] for r in tool]),
-            "tool_success": _pct(calls - sum(r.get("tool_errors", 0) for r in tool), calls),
-            "code_ratio": _pct(sum(r["tool_calls"] > 0 for r in tool), len(tool)),
-            "corrections": _mean([r.get("corrections") for r in rs_all]),
-            "truncated": _pct(sum(r.get("finish") == "length" for r in rs_all), len(rs_all)),
-            "key_insight": key_insight([(r["correct"], r["tool_calls"], r.get("tool_errors", 0)) for r in tool]),
-        }
-        if b in CODE and b != "humaneval":  # base = HumanEval's / MBPP's own inputs, avg@k above = base + plus
-            m["base_avg@k"] = 100 * _mean([_mean([r["passed_base"] for r in rs]) for rs in firsts])
-            m["base_pass@k"] = 100 * _mean([pass_at_k(len(rs), sum(r["passed_base"] for r in rs), k_b)
-                                            for rs in ids.values()])
-        if b not in CODE and any("judge" in r for r in rs_all):  # decision 7
-            asked = [(judged(r), r["correct"]) for r in rs_all if r["pred"] is not None]
-            m.update({"judge@k": 100 * _mean([_mean([judged(r) for r in rs]) for rs in firsts]),
-                      "judge_agree": _pct(sum(v == ok for v, ok in asked), len(asked)),
-                      "judge_only": sum(v and not ok for v, ok in asked),
-                      "rules_only": sum(ok and not v for v, ok in asked),
-                      "judge_unclear": sum("judge" in r and r["judge"]["verdict"] is None for r in rs_all)})
-    return report
+    return dict(zip(pairs, grade_many(list(pairs))))
+
+
+def metrics(b, ids, k, same):
+    """One benchmark's row: {problem id: its records} -> Avg@k, pass@k, maj@k, tokens, calls, key insight..."""
+    k_b = min(k, min(len(rs) for rs in ids.values()))
+    firsts = [rs[:k] for rs in ids.values()]
+    rs_all = [r for rs in firsts for r in rs]
+    tool = [r for r in rs_all if "tool_calls" in r]
+    calls = sum(r["tool_calls"] for r in tool)
+    if b in CODE:
+        maj_at_k = None
+    else:
+        winners = [majority_index([r["pred"] for r in rs], lambda x, y: same.get((x, y), False)) for rs in firsts]
+        maj_at_k = 100 * _mean([w is not None and rs[w]["correct"] for w, rs in zip(winners, firsts)])
+    m = {
+        "n": len(ids), "k": k_b, "samples": len(rs_all),
+        "avg@k": 100 * _mean([_mean([r["correct"] for r in rs]) for rs in firsts]),
+        "pass@k": 100 * _mean([pass_at_k(len(rs), sum(r["correct"] for r in rs), k_b) for rs in ids.values()]),
+        "maj@k": maj_at_k,
+        "tokens": _mean([r.get("tokens") for r in rs_all]),
+        "tool_calls": _mean([r["tool_calls"] for r in tool]),
+        "tool_success": _pct(calls - sum(r.get("tool_errors", 0) for r in tool), calls),
+        "code_ratio": _pct(sum(r["tool_calls"] > 0 for r in tool), len(tool)),
+        "corrections": _mean([r.get("corrections") for r in rs_all]),
+        "truncated": _pct(sum(r.get("finish") == "length" for r in rs_all), len(rs_all)),
+        "key_insight": key_insight([(r["correct"], r["tool_calls"], r.get("tool_errors", 0)) for r in tool]),
+    }
+    if b in CODE and b != "humaneval":  # base = HumanEval's / MBPP's own inputs, avg@k above = base + plus
+        m["base_avg@k"] = 100 * _mean([_mean([r["passed_base"] for r in rs]) for rs in firsts])
+        m["base_pass@k"] = 100 * _mean([pass_at_k(len(rs), sum(r["passed_base"] for r in rs), k_b)
+                                        for rs in ids.values()])
+    if b not in CODE and any("judge" in r for r in rs_all):  # decision 7
+        asked = [(judged(r), r["correct"]) for r in rs_all if r["pred"] is not None]
+        m.update({"judge@k": 100 * _mean([_mean([judged(r) for r in rs]) for rs in firsts]),
+                  "judge_agree": _pct(sum(v == ok for v, ok in asked), len(asked)),
+                  "judge_only": sum(v and not ok for v, ok in asked),
+                  "rules_only": sum(ok and not v for v, ok in asked),
+                  "judge_unclear": sum("judge" in r and r["judge"]["verdict"] is None for r in rs_all)})
+    return m
 
 # -----------------------------------------------------------------------------
 # Report: JSON and the printed table

@@ -445,7 +445,7 @@ def _feed_width(want, cap):
 
 
 @torch.no_grad()
-def _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress, max_rows):
+def _hf_rollout(model, tok, prompts, sandbox, *, n, prefixes, cfg, sampling, seed, progress, max_rows):
     from sandbox import format_observation
     gen = torch.Generator(device=model.device)
     gen.manual_seed(seed if seed is not None else torch.seed() % 2**63)
@@ -581,7 +581,7 @@ class VLLM:
         return len(sent)
 
 
-def _vllm_rollout(engine, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress):
+def _vllm_rollout(engine, tok, prompts, sandbox, *, n, prefixes, cfg, sampling, seed, progress):
     from sandbox import format_observation
     rows = [_Row(p, prefixes[i] if prefixes else [], tok, cfg[i]) for i, p in enumerate(prompts) for _ in range(n)]
     for rnd in range(10 ** 6):
@@ -648,8 +648,10 @@ def rollout(model, tok, prompts, sandbox=None, *, n=1, max_new_tokens=512, tempe
         from sandbox import Sandbox
         sandbox = Sandbox()
     if isinstance(model, VLLM):
-        return _vllm_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress)
-    return _hf_rollout(model, tok, prompts, sandbox, n, prefixes, cfg, sampling, seed, progress, max_rows)
+        return _vllm_rollout(model, tok, prompts, sandbox, n=n, prefixes=prefixes, cfg=cfg, sampling=sampling,
+                             seed=seed, progress=progress)
+    return _hf_rollout(model, tok, prompts, sandbox, n=n, prefixes=prefixes, cfg=cfg, sampling=sampling, seed=seed,
+                       progress=progress, max_rows=max_rows)
 
 
 def progress_bar(total, desc):
