@@ -347,7 +347,9 @@ class TimedSandbox:
 
 
 def collect(engine, tok, sb, probs, pos0, args):
-    """Rollouts for problems at data positions pos0, pos0 + 1, ...: (training samples, stats)."""
+    """Rollouts for problems at data positions pos0, pos0 + 1, ...: (training samples, stats). The episode
+    level (Eq. 4-5) here: G rollouts per problem, group-relative advantages; each group also picks the call
+    whose code step the step level regenerates (step_samples)."""
     G, st, samples, steps = args.group_size, Counter(), [], []
     sampling = dict(temperature=args.temperature, max_tool_calls=args.max_tool_calls)
     prompts = [model.encode_prompt(tok, p["problem"], args.template) for p in probs]
@@ -378,22 +380,30 @@ def collect(engine, tok, sb, probs, pos0, args):
                   resp_tokens=sum(len(r.response_ids) for r in group), sampled=sum(sum(r.mask) for r in group),
                   neg_logprob=-sum(lp for r in group for lp, m in zip(r.logprobs, r.mask) if m))
     if args.step_level and steps:
-        cuts = [prefix_cut(r.mask, c.start, args.l_suf) for r, c in steps]
-        regen = model.rollout(engine, tok, [r.prompt_ids for r, _ in steps], sb, n=G,
-                              prefixes=[r.response_ids[:k] for (r, _), k in zip(steps, cuts)], stop_after_call=True,
-                              max_new_tokens=[args.max_new_tokens - k for k in cuts],  # each prefix its own budget
-                              seed=seed_of(args.seed, pos0, 2), **sampling)
-        for j in range(len(steps)):
-            # A step sample is (r_t^suf, a_t): a regeneration that wrote no code block (it answered, or ran
-            # out of tokens) is dropped, as in the release, and the group is normalised over the rest.
-            group = [r for r in regen[j * G:(j + 1) * G] if r.calls]
-            rew = [rewards.step_reward(r.calls[0].result) for r in group]   # Eq. 8: pass reward
-            st.update(prefixes=1, step_rollouts=G, step_no_code=G - len(group), step_ok=sum(rew))
-            if not group or args.dynamic_sampling and len(set(rew)) < 2:
-                continue
-            samples += [to_sample(r, a, x) for r, a, x in zip(group, group_advantages(rew), rew)]
-            st.update(step_groups_kept=1, step_samples=len(group), sample_reward=sum(rew))
+        samples += step_samples(engine, tok, sb, steps, pos0, args, sampling, st)
     return samples, st
+
+
+def step_samples(engine, tok, sb, steps, pos0, args, sampling, st):
+    """The step level (Eq. 6-8): for each chosen call (rollout, call), G regenerations of the code step from
+    the prefix before it (Eq. 6, cut by prefix_cut), each stopping after its call; reward = the call ran."""
+    G, samples = args.group_size, []
+    cuts = [prefix_cut(r.mask, c.start, args.l_suf) for r, c in steps]
+    regen = model.rollout(engine, tok, [r.prompt_ids for r, _ in steps], sb, n=G,
+                          prefixes=[r.response_ids[:k] for (r, _), k in zip(steps, cuts)], stop_after_call=True,
+                          max_new_tokens=[args.max_new_tokens - k for k in cuts],  # each prefix its own budget
+                          seed=seed_of(args.seed, pos0, 2), **sampling)
+    for j in range(len(steps)):
+        # A step sample is (r_t^suf, a_t): a regeneration that wrote no code block (it answered, or ran
+        # out of tokens) is dropped, as in the release, and the group is normalised over the rest.
+        group = [r for r in regen[j * G:(j + 1) * G] if r.calls]
+        rew = [rewards.step_reward(r.calls[0].result) for r in group]   # Eq. 8: pass reward
+        st.update(prefixes=1, step_rollouts=G, step_no_code=G - len(group), step_ok=sum(rew))
+        if not group or args.dynamic_sampling and len(set(rew)) < 2:
+            continue
+        samples += [to_sample(r, a, x) for r, a, x in zip(group, group_advantages(rew), rew)]
+        st.update(step_groups_kept=1, step_samples=len(group), sample_reward=sum(rew))
+    return samples
 
 
 @torch.no_grad()
