@@ -442,8 +442,8 @@ def summarise(st, upd, it, pos, secs, dev):
             "dropped_step_groups": 1 - g["step_groups_kept"] / g["prefixes"] if g["prefixes"] else None,
             "episode_samples": int(g["ep_samples"]), "step_samples": int(g["step_samples"]),
             "clip_frac": g["clip_frac"] / steps, "approx_kl": g["approx_kl"] / steps,
-            "entropy": g["neg_logprob"] / max(g["sampled"],
-                                              1), "grad_norm": upd["grad_norm"] / steps, "updates": upd["steps"],
+            "entropy": g["neg_logprob"] / max(g["sampled"], 1), "grad_norm": upd["grad_norm"] / steps,
+            "updates": upd["steps"],
             "s_rollout": secs[0], "s_tool": secs[1], "s_update": secs[2], "pos": pos}
 
 

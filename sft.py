@@ -306,8 +306,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.plan:  # config.json only: no data, no weights, no process group
         raise SystemExit(model.print_plan(args.model, args.nproc, args.gpu_memory, seq=args.max_len,
-                                          micro_batch=args.batch_size,
-                                          grad_ckpt=args.grad_checkpointing, cpu_offload=args.cpu_offload))
+                                          micro_batch=args.batch_size, grad_ckpt=args.grad_checkpointing,
+                                          cpu_offload=args.cpu_offload))
     records = None if args.eval_only else read_records(args.data)  # every record is checked before training
     owns_group = not dist.is_initialized()
     rank, world, device = model.init_dist()  # torchrun: one process per GPU (or gloo processes on CPU)
