@@ -350,8 +350,8 @@ def main():
         tiny, tok = M.load(tiny_dir, device=args.device)
     problems = [f"A warehouse has {1000 + 37 * i} crates with {10 + i} bolts in each crate. "
                 "How many bolts?" for i in range(args.batch)]
-    prompts = [tok.encode(q, add_special_tokens=False)[: 12 + i] for i,
-               q in enumerate(problems)]  # ragged: left padding
+    # ragged: left padding
+    prompts = [tok.encode(q, add_special_tokens=False)[: 12 + i] for i, q in enumerate(problems)]
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=2304, num_hidden_layers=14,
                       num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=2048,

@@ -405,8 +405,8 @@ def main(argv=None):
     print(f"{len(jobs)} stages, {args.jobs} at a time; logs in {args.out}/ and {args.out}/s<seed>/")
     schedule(jobs, args.jobs)
     shared = scores(args.out, "T1", args) | scores(args.out, "T2", args)
-    results = {s: {k: v for row in ("T3", "T4", "T5", "T6") for k,
-                   v in scores(os.path.join(args.out, f"s{s}"), row, args).items()}
+    results = {s: {k: v for row in ("T3", "T4", "T5", "T6")
+                   for k, v in scores(os.path.join(args.out, f"s{s}"), row, args).items()}
                | shared for s in seeds}
     with open(os.path.join(args.out, "rows.jsonl"), "w") as f:
         for s in seeds:
