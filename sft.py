@@ -302,60 +302,55 @@ def report(summary, args):
     print("\n".join(f"  {k:<{w}}  {v}" for k, v in rows))
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.plan:  # config.json only: no data, no weights, no process group
-        raise SystemExit(model.print_plan(args.model, args.nproc, args.gpu_memory, seq=args.max_len,
-                                          micro_batch=args.batch_size, grad_ckpt=args.grad_checkpointing,
-                                          cpu_offload=args.cpu_offload))
-    records = None if args.eval_only else read_records(args.data)  # every record is checked before training
-    owns_group = not dist.is_initialized()
-    rank, world, device = model.init_dist()  # torchrun: one process per GPU (or gloo processes on CPU)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    if args.model == model.TINY_DIR and rank == 0:
-        model.ensure_tiny()
-    dist.barrier()
-    if args.eval_only:
-        m, tok = model.load(args.model, device=device)
-        summary = {}
-        if rank == 0:
-            summary["eval"] = solve_rate(m, tok, args)
-            print(f"{args.model}: {eval_line(summary['eval'])}")
-        if owns_group:
-            dist.destroy_process_group()
-        return m, summary
-    state = None
-    if args.resume:
-        if not os.path.exists(os.path.join(args.out, STATE, "meta.pt")):
-            raise SystemExit(f"--resume: no checkpoint in {args.out}")
-        state = torch.load(os.path.join(args.out, STATE, "meta.pt"), weights_only=False)
-        if state["world"] != world:  # the micro-batch plan is cut per rank
-            raise SystemExit(f"--resume: the checkpoint in {args.out} was made with {state['world']} processes, "
-                             f"not {world}")
-    # fp32 weights, read once by rank 0 and broadcast into every rank's shards (on the GPU where there is one)
-    m, tok = model.load_sharded(args.model, device, args.grad_checkpointing, args.cpu_offload)
-    train, heldout, heldout_ids, plan = split_data(args, tok, records, state)
+def eval_only(args, device, rank, owns_group):
+    """--eval-only: the held-out solve rate of --model, no training."""
+    m, tok = model.load(args.model, device=device)
+    summary = {}
+    if rank == 0:
+        summary["eval"] = solve_rate(m, tok, args)
+        print(f"{args.model}: {eval_line(summary['eval'])}")
+    if owns_group:
+        dist.destroy_process_group()
+    return m, summary
+
+
+def resume_state(args, world):
+    """--resume: the checkpoint's meta (step, batch plan, held-out ids, RNG), else None."""
+    if not args.resume:
+        return None
+    if not os.path.exists(os.path.join(args.out, STATE, "meta.pt")):
+        raise SystemExit(f"--resume: no checkpoint in {args.out}")
+    state = torch.load(os.path.join(args.out, STATE, "meta.pt"), weights_only=False)
+    if state["world"] != world:  # the micro-batch plan is cut per rank
+        raise SystemExit(f"--resume: the checkpoint in {args.out} was made with {state['world']} processes, "
+                         f"not {world}")
+    return state
+
+
+def restore(m, opt, state, args, device):
+    """The step to continue from: 0, or the checkpoint's, with its weights, AdamW state and RNG."""
+    if not state:
+        return 0
+    model.load_state(m, opt, os.path.join(args.out, STATE))
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    model.print0(f"resumed from {args.out} at step {state['step']}")
+    return state["step"]
+
+
+def train(m, tok, opt, step, data, args, device, rank, world):
+    """The SFT loop from `step`: Eq. 3 on this rank's micro-batches, warm-up then a constant lr, held-out
+    loss every --eval-every, checkpoints. data = (train, heldout, heldout_ids, plan). Returns the summary."""
+    train_set, heldout, heldout_ids, plan = data
     # Rank r takes micro-batches r, r + world, ...; an optimizer step takes --grad-accum of them per rank.
     # Every rank gets as many as the others, so their forward/backward collectives pair up.
     mine = plan[rank:len(plan) // world * world:world]
     total_steps = math.ceil(len(mine) / args.grad_accum)
     warmup_steps = max(1, round(args.warmup * total_steps))
-    model.print0(f"{len(train)} train / {len(heldout)} held-out records from {args.data}; {total_steps} steps of "
-           f"{args.batch_size}x{args.grad_accum}x{world} sequences; "
-           f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f}M parameters")
-    m.train()
-    opt = torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    step = 0
-    if state:
-        model.load_state(m, opt, os.path.join(args.out, STATE))
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] is not None and device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        step = state["step"]
-        model.print0(f"resumed from {args.out} at step {step}")
-
+    model.print0(f"{len(train_set)} train / {len(heldout)} held-out records from {args.data}; {total_steps} steps "
+                 f"of {args.batch_size}x{args.grad_accum}x{world} sequences; "
+                 f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f}M parameters")
     pad = tok.pad_token_id
     first_heldout = heldout_loss(m, heldout, args, pad, device, rank, world) if heldout else float("nan")
     last_heldout, train_losses, tokens, trained_tokens = first_heldout, [], 0, 0
@@ -363,7 +358,7 @@ def main(argv=None):
     t0 = time.time()
     bar = tqdm(total=total_steps, initial=step, disable=rank != 0, desc="sft", dynamic_ncols=True)
     while step < stop:
-        micro = [[train[i] for i in b] for b in mine[step * args.grad_accum:(step + 1) * args.grad_accum]]
+        micro = [[train_set[i] for i in b] for b in mine[step * args.grad_accum:(step + 1) * args.grad_accum]]
         # Eq. 3 as a token mean over the whole global batch: every micro-batch's summed NLL is divided
         # by the number of trained tokens on all ranks; x world undoes FSDP's averaging of gradients.
         n_global, = model.allsum([sum(sum(mk) for mb in micro for _, mk in mb)])
@@ -393,11 +388,37 @@ def main(argv=None):
         bar.update(1)
         bar.set_postfix(loss=f"{train_losses[-1]:.3f}", lr=f"{lr:.1e}")
     bar.close()
+    return dict(steps=step, total_steps=total_steps, seconds=time.time() - t0, tokens=int(model.allsum([tokens])[0]),
+                trained_tokens=trained_tokens, train_loss=sum(train_losses[-10:]) / max(len(train_losses[-10:]), 1),
+                heldout_loss=last_heldout, first_heldout_loss=first_heldout)
 
-    # Summary, and the held-out solve rate of the saved model dir (what the next stage loads; rank 0).
-    summary = dict(steps=step, total_steps=total_steps, seconds=time.time() - t0, tokens=int(model.allsum([tokens])[0]),
-                   trained_tokens=trained_tokens, train_loss=sum(train_losses[-10:]) / max(len(train_losses[-10:]), 1),
-                   heldout_loss=last_heldout, first_heldout_loss=first_heldout)
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.plan:  # config.json only: no data, no weights, no process group
+        raise SystemExit(model.print_plan(args.model, args.nproc, args.gpu_memory, seq=args.max_len,
+                                          micro_batch=args.batch_size, grad_ckpt=args.grad_checkpointing,
+                                          cpu_offload=args.cpu_offload))
+    records = None if args.eval_only else read_records(args.data)  # every record is checked before training
+    owns_group = not dist.is_initialized()
+    rank, world, device = model.init_dist()  # torchrun: one process per GPU (or gloo processes on CPU)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.model == model.TINY_DIR and rank == 0:
+        model.ensure_tiny()
+    dist.barrier()
+    if args.eval_only:
+        return eval_only(args, device, rank, owns_group)
+    state = resume_state(args, world)
+    # fp32 weights, read once by rank 0 and broadcast into every rank's shards (on the GPU where there is one)
+    m, tok = model.load_sharded(args.model, device, args.grad_checkpointing, args.cpu_offload)
+    data = split_data(args, tok, records, state)
+    m.train()
+    opt = torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    step = restore(m, opt, state, args, device)
+    summary = train(m, tok, opt, step, data, args, device, rank, world)
+    # the held-out solve rate of the saved model dir (what the next stage loads; rank 0)
     if rank == 0:
         if args.eval_n > 0:
             summary["eval"] = solve_rate(model.load(args.out, device=device)[0], tok, args)
