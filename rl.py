@@ -59,7 +59,8 @@ runs/recipes/ has the whole pipeline for each of the paper's four models):
         --engine vllm --micro-batch 2 --grad-checkpointing    # vLLM rollouts colocated on each GPU
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 rl.py ...   # 2 nodes
     python rl.py ... --resume                              # continue from the checkpoint in --out
-Ablations: --no-step-level (paper T4), --no-tools (T2), --no-episode-level, --only-failed-steps, --l-suf, --kl ...
+Ablations: --no-step-level (paper T4), --no-tools (T2), --no-episode-level, --only-failed-steps, --l-suf, --kl,
+--step-nll-alpha, --step-weight ...
 """
 import argparse
 import contextlib
@@ -165,6 +166,10 @@ def parse_args(argv=None):
                    help="eps_high: ratio clipped above at 1 + eps_high (paper: 0.28)")
     p.add_argument("--nll-alpha", type=float, default=0.01,
                    help="nll_alpha: weight of the NLL on positive-advantage samples (paper: 0.01)")
+    p.add_argument("--step-nll-alpha", type=float, default=None,
+                   help="nll_alpha of step-level samples (default: --nll-alpha; an ablation of the step level)")
+    p.add_argument("--step-weight", type=float, default=1.0,
+                   help="w in L = L_episode + w * L_step (Eq. 9 has w = 1; an ablation of the step level)")
     p.add_argument("--kl", type=float, default=0.0,
                    help="beta of a k3 KL penalty to the frozen --model (paper: 0, no reference model)")
     # Runtime
@@ -244,25 +249,33 @@ class Sample:
     mask: list                # 1 = sampled by the policy (trained on); 0 = prompt, given prefix, tool output
     adv: float                # A_i (episode level) or A'_i (step level)
     reward: float
+    step: bool = False        # a step-level sample (Eq. 7) rather than an episode (Eq. 4)
     old: torch.Tensor = None  # (T,) logprobs under pi_old, computed once per rollout batch
     ref: torch.Tensor = None  # (T,) logprobs under the frozen reference (--kl)
 
 
-def to_sample(r, adv, reward):
-    return Sample(r.prompt_ids + r.response_ids, [0] * len(r.prompt_ids) + r.mask, adv, reward)
+def to_sample(r, adv, reward, step=False):
+    return Sample(r.prompt_ids + r.response_ids, [0] * len(r.prompt_ids) + r.mask, adv, reward, step)
 
 
-def pg_loss(lp, *, old, adv, mask, n_tok, n_pos, eps_low=0.2, eps_high=0.28, nll_alpha=0.01, ref=None, kl=0.0):
+def pg_loss(lp, *, old, adv, mask, n_tok, n_pos, eps_low=0.2, eps_high=0.28, nll_alpha=0.01, ref=None, kl=0.0,
+            weight=None):
     """Eq. 4 / Eq. 7 (clipped surrogate) + nll_alpha * Eq. 5 (NLL on T_pos) [+ kl * k3 KL to a reference].
     n_tok / n_pos count the trained tokens / those of positive-advantage samples in the whole mini-batch on
     all ranks: summed over micro-batches and ranks, the gradients give the release's token mean (Eq. 4
-    writes a per-sequence mean). Also returns the clipped share and approx KL(pi_old || pi), token means."""
+    writes a per-sequence mean). Also returns the clipped share and approx KL(pi_old || pi), token means.
+    The step-level ablations give per-sample values: `weight` (B,) scales a sample's surrogate, and
+    `nll_alpha` may be a (B,) tensor; the normalisers stay the mini-batch's token counts."""
     ratio = torch.exp(lp - old)                                              # (B, T) rho_{i,t} = pi/pi_old per token
     a = adv[:, None]                                                         # (B, 1) one advantage per sample
     surr = torch.min(ratio * a, ratio.clamp(1 - eps_low, 1 + eps_high) * a)  # (B, T) Eq. 4: min(rho A, clip(rho) A)
-    loss = -(surr * mask).sum() / n_tok                                      # token mean over the mini-batch
+    w = 1.0 if weight is None else weight[:, None]                           # (B, 1) --step-weight
+    loss = -(surr * w * mask).sum() / n_tok                                  # token mean over the mini-batch
     pos = mask * (adv > 0).to(mask.dtype)[:, None]                           # (B, T) tokens of T_pos = {A_i > 0}
-    loss = loss + nll_alpha * -(lp * pos).sum() / max(n_pos, 1)              # Eq. 5: alpha * L_NLL
+    if torch.is_tensor(nll_alpha):                                           # per sample: --step-nll-alpha
+        loss = loss + -(nll_alpha[:, None] * lp * pos).sum() / max(n_pos, 1)
+    else:
+        loss = loss + nll_alpha * -(lp * pos).sum() / max(n_pos, 1)          # Eq. 5: alpha * L_NLL
     if kl:
         d = ref - lp                                                         # (B, T) k3 = e^d - d - 1 >= 0
         loss = loss + kl * ((d.exp() - d - 1) * mask).sum() / n_tok
@@ -306,7 +319,12 @@ def update(policy, ref, opt, samples, it, args, dev):
     K = args.updates_per_batch
     for k in range(K):
         mb = by_len(order[k::K])  # episode-level and step-level samples together (Eq. 9)
-        n_tok, n_pos = model.allsum([sum(sum(s.mask) for s in mb), sum(sum(s.mask) for s in mb if s.adv > 0)], dev)
+        n_tok, n_pos, step_tok, step_pos = model.allsum([sum(sum(s.mask) for s in mb),
+                                                         sum(sum(s.mask) for s in mb if s.adv > 0),
+                                                         sum(sum(s.mask) for s in mb if s.step),
+                                                         sum(sum(s.mask) for s in mb if s.step and s.adv > 0)], dev)
+        # the step samples' share of the loss's token normaliser and of the NLL's (issue: their weight)
+        st.update(tok=n_tok, pos_tok=n_pos, step_tok=step_tok, step_pos_tok=step_pos)
         if n_tok == 0:  # the same on every rank: a global count
             continue
         for part in model.lockstep([mb[j:j + mb_size] for j in range(0, len(mb), mb_size)]):
@@ -314,11 +332,17 @@ def update(policy, ref, opt, samples, it, args, dev):
                 model.dummy_pass(policy, dev)
                 continue
             lp = token_logprobs(policy, part, args.temperature, dev)                   # (B, T)
+            weight, alpha = None, args.nll_alpha
+            if args.step_weight != 1.0 or args.step_nll_alpha is not None:  # the step-level ablations
+                step_alpha = args.nll_alpha if args.step_nll_alpha is None else args.step_nll_alpha
+                weight = torch.tensor([args.step_weight if s.step else 1.0 for s in part], device=dev)
+                alpha = weight * torch.tensor([step_alpha if s.step else args.nll_alpha for s in part], device=dev)
             loss, clipped, akl = pg_loss(lp, old=padded(part, "old", dev),
                                          adv=torch.tensor([s.adv for s in part], device=dev),
                                          mask=padded(part, "mask", dev).float(), n_tok=n_tok, n_pos=n_pos,
-                                         eps_low=args.clip_low, eps_high=args.clip_high, nll_alpha=args.nll_alpha,
-                                         ref=padded(part, "ref", dev) if args.kl else None, kl=args.kl)
+                                         eps_low=args.clip_low, eps_high=args.clip_high, nll_alpha=alpha,
+                                         ref=padded(part, "ref", dev) if args.kl else None, kl=args.kl,
+                                         weight=weight)
             # Each rank's loss is its share of the global token mean; FSDP averages the gradients over
             # the ranks, x WORLD makes that the sum.
             (loss * WORLD).backward()
@@ -401,7 +425,7 @@ def step_samples(engine, tok, sb, steps, pos0, args, sampling, st):
         st.update(prefixes=1, step_rollouts=G, step_no_code=G - len(group), step_ok=sum(rew))
         if not group or args.dynamic_sampling and len(set(rew)) < 2:
             continue
-        samples += [to_sample(r, a, x) for r, a, x in zip(group, group_advantages(rew), rew)]
+        samples += [to_sample(r, a, x, step=True) for r, a, x in zip(group, group_advantages(rew), rew)]
         st.update(step_groups_kept=1, step_samples=len(group), sample_reward=sum(rew))
     return samples
 
@@ -444,6 +468,8 @@ def summarise(st, upd, it, pos, secs, dev):
             "clip_frac": g["clip_frac"] / steps, "approx_kl": g["approx_kl"] / steps,
             "entropy": g["neg_logprob"] / max(g["sampled"], 1), "grad_norm": upd["grad_norm"] / steps,
             "updates": upd["steps"],
+            "step_token_share": upd["step_tok"] / max(upd["tok"], 1),
+            "step_nll_share": upd["step_pos_tok"] / max(upd["pos_tok"], 1),
             "s_rollout": secs[0], "s_tool": secs[1], "s_update": secs[2], "pos": pos}
 
 

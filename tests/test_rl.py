@@ -62,6 +62,23 @@ def test_nll_term_only_on_positive_advantage_samples():
     assert lp.grad[1].tolist() == pytest.approx([1.0 / 5] * 3)     # negative advantage: no NLL
 
 
+def test_per_sample_weight_and_alpha_of_the_step_ablations():
+    # two positive-advantage samples, ratio 1: sample 1 is a step sample with weight w and alpha a_s
+    lp = torch.log(torch.tensor([[0.5, 0.25], [0.5, 0.5]])).requires_grad_()
+    mask, adv = torch.ones(2, 2), torch.tensor([1.0, 2.0])
+    w, a, a_s = 0.5, 0.3, 0.1
+    loss, _, _ = rl.pg_loss(lp, old=lp.detach(), adv=adv, mask=mask, n_tok=4, n_pos=4,
+                            nll_alpha=torch.tensor([a, w * a_s]), weight=torch.tensor([1.0, w]))
+    loss.backward()
+    assert lp.grad[0].tolist() == pytest.approx([-1.0 / 4 - a / 4] * 2)           # the episode sample as before
+    assert lp.grad[1].tolist() == pytest.approx([-w * 2.0 / 4 - w * a_s / 4] * 2)  # the step sample, scaled
+    # weight 1 and one alpha for every sample: the same loss as the scalar path
+    ones, _, _ = rl.pg_loss(lp, old=lp.detach(), adv=adv, mask=mask, n_tok=4, n_pos=4,
+                            nll_alpha=torch.tensor([a, a]), weight=torch.ones(2))
+    scalar, _, _ = rl.pg_loss(lp, old=lp.detach(), adv=adv, mask=mask, n_tok=4, n_pos=4, nll_alpha=a)
+    assert ones.item() == pytest.approx(scalar.item())
+
+
 def test_kl_term_is_zero_at_the_reference_and_grows_away_from_it():
     lp = torch.log(torch.tensor([[0.5, 0.5]]))
     mask, adv = torch.ones(1, 2), torch.zeros(1)
@@ -355,6 +372,9 @@ def test_end_to_end_three_iterations_then_resume_bit_for_bit(warm, tmp_path):
     log = [json.loads(line) for line in open(os.path.join(a, "log.jsonl"))]
     assert [r["iteration"] for r in log] == [1, 2, 3] and sum(r["updates"] for r in log) > 0
     assert sum(r["step_prefixes"] for r in log) > 0 and sum(r["step_samples"] for r in log) > 0
+    # the step samples' share of the loss's tokens and of the NLL's, logged per iteration
+    assert all(0 <= r["step_token_share"] <= 1 and 0 <= r["step_nll_share"] <= 1 for r in log)
+    assert all((r["step_token_share"] > 0) == (r["step_samples"] > 0) for r in log)
     w0, wa = weights(warm[0]), weights(a)
     assert any(not torch.equal(w0[k], wa[k]) for k in w0)          # the weights moved
     m, tok = model.load(a)                                          # a loadable model dir
