@@ -397,6 +397,8 @@ def main(argv=None):
     if args.fresh:
         shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "args.json"), "w") as f:  # what made this dir (runs/step_level.py reads it)
+        json.dump(vars(args), f)
     t0 = time.time()
     n_train = 64 if args.quick else None
     train, cot_data = head("toy_train.jsonl", n_train, args.out), head("toy_cot.jsonl", n_train, args.out)
