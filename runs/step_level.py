@@ -98,6 +98,8 @@ def premise_seed(s, args):
             failed = [x for x in calls if not x[2].ok]
             if calls:  # as rl.collect: a failed call of the group, else a random one
                 steps.append((p, *random.Random(f"{s}/{p['id']}").choice(failed or calls)))
+        if not steps:  # no rollout wrote a call: nothing to regenerate
+            return []
         cuts = [prefix_cut(r.mask, c.start, TOY_RL["l_suf"]) for _, r, _, c in steps]
         regen = model.rollout(policy, tok, [r.prompt_ids for _, r, _, _ in steps], sb, n=G,
                               prefixes=[r.response_ids[:k] for (_, r, _, _), k in zip(steps, cuts)],
@@ -141,22 +143,25 @@ def premise(args):
             ("final accuracy, ran and value wrong", rate("correct", lambda r: r["ran"] and not r["value_right"]))]
     n_ran = sum(r["ran"] for r in recs)
     lines = [f"T4 checkpoints of seeds {', '.join(map(str, args.seeds))}: {len(recs)} regenerations with a call "
-             f"({n_ran} ran) from {sum(1 for _ in {(r['seed'], r['prefix']) for r in recs})} step prefixes "
-             f"of {args.problems} unused training problems per seed; G = {TOY_RL['group_size']}, T = 1, "
+             f"({n_ran} ran) from {len({(r['seed'], r['prefix']) for r in recs})} step prefixes (one per training "
+             f"problem from #{FIRST_UNUSED} on whose group wrote a call); G = {TOY_RL['group_size']}, T = 1, "
              f"L_suf = {TOY_RL['l_suf']}, continued to the end.", "",
              "| measure | value [95% interval] | n |", "|---|---|---|"]
+    cell = lambda v, lo, hi, fmt: "-" if v is None else f"{fmt.format(100 * v)} [{fmt.format(100 * lo)}, " \
+        f"{fmt.format(100 * hi)}]"  # a measure without data (no call ran, say) is "-"
     for name, f in rows:
         v, (lo, hi) = f(recs), bootstrap(by_seed, f)
         n = sum(1 for r in recs if f([r]) is not None)
-        lines.append(f"| {name} | {100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | {n} |")
+        lines.append(f"| {name} | {cell(v, lo, hi, '{:.1f}')} | {n} |")
     d = [x for p in prefixes for x in p]
     lo, hi = bootstrap(prefixes, mean)
-    lines.append(f"| **within a prefix: accuracy after ran − after failed** (points) | {100 * mean(d):+.1f} "
-                 f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | {len(d)} prefixes |")
+    lines.append(f"| **within a prefix: accuracy after ran − after failed** (points) | "
+                 f"{cell(mean(d), lo, hi, '{:+.1f}')} | {len(d)} prefixes |")
     ran = np.array([r["ran"] for r in recs], float)
     right = np.array([r["value_right"] for r in recs], float)
+    phi = np.corrcoef(ran, right)[0, 1] if len(recs) > 1 and ran.std() > 0 and right.std() > 0 else float("nan")
     lines += ["", f"Correlation (phi) of 'the call ran' with 'the printed value is the step's true value', over "
-                  f"the regenerations with a call: {np.corrcoef(ran, right)[0, 1]:.2f}."]
+                  f"the regenerations with a call: {phi:.2f}."]
     return "\n".join(lines)
 
 # -----------------------------------------------------------------------------
