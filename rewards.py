@@ -560,8 +560,11 @@ def _test_inputs(task, key):
 
 # The program of one sandbox cell that grades a solution: evalplus_harness.py, read as text (its docstring
 # says what it checks and how).
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "evalplus_harness.py")) as _f:
-    _HARNESS = _f.read()
+@functools.cache
+def _harness():
+    """Read once, when the first code answer is checked: every stage imports rewards.py, few grade code."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "evalplus_harness.py")) as f:
+        return f.read()
 
 
 def check_code(sandbox, jobs):
@@ -584,7 +587,8 @@ def check_code(sandbox, jobs):
                        reference=task["prompt"] + task["canonical_solution"], atol=task.get("atol", 0),
                        test=None if plus else task["test"], base=_test_inputs(task, "base_input") if plus else [()],
                        plus=_test_inputs(task, "plus_input") if plus else None)
-        cells.append((len(out) - 1, _HARNESS.replace("__PAYLOAD__", base64.b64encode(pickle.dumps(payload)).decode())))
+        blob = base64.b64encode(pickle.dumps(payload)).decode()
+        cells.append((len(out) - 1, _harness().replace("__PAYLOAD__", blob)))
     for (i, _), res in zip(cells, sandbox.run_many([c for _, c in cells]) if cells else []):
         line = next((x for x in res.stdout.splitlines() if x.startswith(out[i]["nonce"])), None)
         if line is None:  # the cell died before its verdict: exit(), os._exit, a signal, the time limit ...
