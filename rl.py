@@ -235,6 +235,17 @@ def group_advantages(rewards_, eps=1e-6):
     return ((r - r.mean()) / (r.std() + eps)).tolist()
 
 
+def step_call(group, rng, only_failed=False):
+    """The (rollout, call) whose code step the step level regenerates for one group: a random failed call
+    (A_err); if none failed, a random call all the same (the release does, per worker) unless only_failed.
+    None when the group made no call to pick."""
+    calls = [(r, c) for r in group for c in r.calls]
+    failed = [(r, c) for r, c in calls if not c.ok]
+    if failed or (calls and not only_failed):
+        return rng.choice(failed or calls)
+    return None
+
+
 def prefix_cut(mask, start, l_suf):
     """Eq. 6: pref(tau, t) = (q, r_1, a_1, o_1, ..., r_t^pre). The failing block a_t starts at token
     `start` of the response; r_t^suf is the L_suf tokens before it. r_t begins after the last forced
@@ -392,12 +403,10 @@ def collect(engine, tok, sb, probs, pos0, args):
             adv = group_advantages([x for _, x in keep])
             samples += [to_sample(r, a, x) for (r, x), a in zip(keep, adv)]
             st.update(groups_kept=1, ep_samples=len(keep), sample_reward=sum(x for _, x in keep))
-        calls = [(r, c) for r in group for c in r.calls]
-        failed = [(r, c) for r, c in calls if not c.ok]                       # A_err of this group
-        # no failed call: a random code step is regenerated all the same (the release does, per worker)
-        if failed or (calls and not args.only_failed_steps):
-            steps.append(random.Random(seed_of(args.seed, pos0 + i, 1)).choice(failed or calls))
-        st.update(groups=1, groups_failed=bool(failed), rollouts=G,
+        step = step_call(group, random.Random(seed_of(args.seed, pos0 + i, 1)), args.only_failed_steps)
+        if step:
+            steps.append(step)
+        st.update(groups=1, groups_failed=any(r.tool_errors for r in group), rollouts=G,
                   rollouts_failed=sum(r.tool_errors > 0 for r in group),
                   correct=sum(rew), calls=sum(r.tool_calls for r in group),
                   calls_ok=sum(r.tool_calls - r.tool_errors for r in group),

@@ -80,7 +80,7 @@ def premise_seed(s, args):
     import torch
 
     import model
-    from rl import prefix_cut
+    from rl import prefix_cut, step_call
     from sandbox import Sandbox
     torch.set_num_threads(args.threads)
     probs = [r for _, r in rewards.read_jsonl(os.path.join(ROOT, "data", "toy_train.jsonl"))]
@@ -93,11 +93,11 @@ def premise_seed(s, args):
         prompts = [model.encode_prompt(tok, p["problem"]) for p in probs]
         rs = model.rollout(policy, tok, prompts, sb, n=G, max_new_tokens=budget, seed=1000 + s, **kw)
         steps = []
-        for i, p in enumerate(probs):
-            calls = [(r, j, c) for r in rs[i * G:(i + 1) * G] for j, c in enumerate(r.calls)]
-            failed = [x for x in calls if not x[2].ok]
-            if calls:  # as rl.collect: a failed call of the group, else a random one
-                steps.append((p, *random.Random(f"{s}/{p['id']}").choice(failed or calls)))
+        for i, p in enumerate(probs):  # the call rl.collect would pick: a failed one, else a random one
+            step = step_call(rs[i * G:(i + 1) * G], random.Random(f"{s}/{p['id']}"))
+            if step:
+                r, c = step
+                steps.append((p, r, r.calls.index(c), c))
         if not steps:  # no rollout wrote a call: nothing to regenerate
             return []
         cuts = [prefix_cut(r.mask, c.start, TOY_RL["l_suf"]) for _, r, _, c in steps]
