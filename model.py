@@ -670,9 +670,10 @@ def progress_bar(total, desc):
 LOGPROB_CHUNK = 512  # positions per output-head slice in `logprobs`
 
 
-def logprobs(model, ids, attn=None, temperature=1.0, chunk=LOGPROB_CHUNK):
+def logprobs(model, ids, attn=None, temperature=1.0, chunk=LOGPROB_CHUNK, bf16=False):
     """(B, T) ids -> (B, T) logprob of each token given the ones before it (column 0 is 0), under
     softmax(logits / T): the distribution the sampler draws from. Used for RL ratios and SFT.
+    bf16: run the forward (and so its backward) under CPU bf16 autocast (`cpu_bf16_training`).
     The fp32 logits are never made for the whole batch: for this one call the model's output head is
     swapped for one that takes `chunk` positions at a time through lm_head -> log-softmax -> gather and
     recomputes each slice in backward (checkpointed). Whole, they cost 12 bytes x vocab per token with
@@ -700,7 +701,8 @@ def logprobs(model, ids, attn=None, temperature=1.0, chunk=LOGPROB_CHUNK):
 
     head.forward = chunked_head  # this instance only, for this call
     try:
-        lp = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # checkpoint's recompute keeps it
+            lp = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
     finally:
         del head.forward
     return F.pad(lp, (1, 0))
@@ -735,11 +737,22 @@ def sampling_dtype(path, device):
     """The dtype to sample in: bf16 on a GPU; on a CPU, a bf16 model dir stays bf16 where the CPU has bf16
     kernels (a SmolLM2 decoding step was 1.3-2.6x faster than fp32 at 4-64 rows; bench/sampler_bench.py)
     and is upcast to fp32 elsewhere (without them bf16 matmuls are slower than fp32). An fp32 dir (the
-    tiny model) stays fp32. Training always runs in fp32 (`load_sharded`); RL recomputes its old
-    log-probs with the trainer, so a bf16 sampler does not bias the ratio."""
+    tiny model) stays fp32. Training keeps fp32 weights (`load_sharded`, `cpu_bf16_training`); RL
+    recomputes its old log-probs with the trainer, so a bf16 sampler does not bias the ratio."""
     if str(device).startswith("cuda"):
         return torch.bfloat16
     return torch.bfloat16 if saved_dtype(path) == torch.bfloat16 and cpu_has_bf16() else torch.float32
+
+
+def cpu_bf16_training(path, device):
+    """Whether rl.py and sft.py run their forward and backward passes under bf16 autocast: on a CPU, where
+    `sampling_dtype` samples in bf16 (a bf16 model dir, i.e. a real model, and bf16 kernels). Weights,
+    gradients and AdamW state stay fp32 (at lr 1e-6 a bf16 weight would not move); only the matmuls run in
+    bf16: SmolLM2's forward + backward 2.2x faster than fp32 on a 2-core AVX512-BF16 Xeon
+    (bench/train_precision.py). On a GPU, FSDP2's MixedPrecisionPolicy computes in bf16 (`shard`); the
+    tiny model (an fp32 dir) stays fp32. RL's old and new log-probs both come from this forward, so the
+    first mini-batch's ratio is still exactly 1."""
+    return not str(device).startswith("cuda") and sampling_dtype(path, device) == torch.bfloat16
 
 
 def load(path, device=None, dtype=None):

@@ -203,6 +203,7 @@ def parse_args(argv=None):
     if args.no_tools:  # model.rollout with no tool budget stops at a closed block without running it
         args.max_tool_calls = 0
     args.plot = args.out.rstrip("/") + "_curves.png"
+    args.bf16 = False  # CPU bf16 autocast: main sets it once the device is known (model.cpu_bf16_training)
     return args
 
 # -----------------------------------------------------------------------------
@@ -302,11 +303,11 @@ def padded(samples, field, dev):
     return pad_sequence(rows, batch_first=True).to(dev)
 
 
-def token_logprobs(net, samples, temperature, dev=None):
+def token_logprobs(net, samples, temperature, dev=None, bf16=False):
     dev = dev or net.device  # a sharded model's shards may sit in host memory (--cpu-offload): pass the GPU
     ids = padded(samples, "ids", dev)                                           # (B, T)
     attn = pad_sequence([torch.ones(len(s.ids), dtype=torch.long) for s in samples], batch_first=True).to(dev)
-    return model.logprobs(net, ids, attn, temperature).float()                  # (B, T) log pi(token | before)
+    return model.logprobs(net, ids, attn, temperature, bf16=bf16).float()       # (B, T) log pi(token | before)
 
 def update(policy, ref, opt, samples, it, args, dev):
     """Eq. 9 on one rollout batch: old logprobs once, then K AdamW steps on mini-batches of it. Every
@@ -323,7 +324,7 @@ def update(policy, ref, opt, samples, it, args, dev):
                 if part is None:
                     model.dummy_pass(net, dev, backward=False)
                     continue
-                for s, o in zip(part, token_logprobs(net, part, args.temperature, dev)):
+                for s, o in zip(part, token_logprobs(net, part, args.temperature, dev, args.bf16)):
                     setattr(s, field, o[:len(s.ids)])
     order = samples[:]
     random.Random(seed_of(args.seed, it, 3)).shuffle(order)
@@ -342,7 +343,7 @@ def update(policy, ref, opt, samples, it, args, dev):
             if part is None:
                 model.dummy_pass(policy, dev)
                 continue
-            lp = token_logprobs(policy, part, args.temperature, dev)                   # (B, T)
+            lp = token_logprobs(policy, part, args.temperature, dev, args.bf16)       # (B, T)
             weight, alpha = None, args.nll_alpha
             if args.step_weight != 1.0 or args.step_nll_alpha is not None:  # the step-level ablations
                 step_alpha = args.nll_alpha if args.step_nll_alpha is None else args.step_nll_alpha
@@ -663,6 +664,7 @@ def main(argv=None):
     _, _, dev = model.init_dist()  # torchrun: one process per GPU (or gloo processes on CPU); else a 1-rank group
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.bf16 = model.cpu_bf16_training(args.model, dev)
     data = rewards.read_problems(args.data)  # our files, or the shared training sets as they are
     eval_set = rewards.read_problems(args.eval_data)[:args.eval_problems] if args.eval_data and args.eval_every else []
     policy, tok, ref, opt, start, pos = load_policy(args, dev)

@@ -198,9 +198,9 @@ def collate(examples, pad, device):
 # Evaluation: held-out loss, and tool-integrated rollouts on held-out problems
 
 
-def batch_nll(m, ids, attn, mask):
+def batch_nll(m, ids, attn, mask, bf16=False):
     """(sum of -log pi over trained tokens, their number) for one (B, T) batch."""
-    lp = model.logprobs(m, ids, attn)  # (B, T), column t: log pi(ids[t] | ids[<t])
+    lp = model.logprobs(m, ids, attn, bf16=bf16)  # (B, T), column t: log pi(ids[t] | ids[<t])
     return -(lp * mask).sum(), mask.sum().item()
 
 
@@ -214,7 +214,7 @@ def heldout_loss(m, examples, args, pad, device, rank, world):
         if b is None:
             model.dummy_pass(m, device, backward=False)
             continue
-        s, c = batch_nll(m, *collate([examples[i] for i in b], pad, device))
+        s, c = batch_nll(m, *collate([examples[i] for i in b], pad, device), args.bf16)
         nll, n = nll + s.item(), n + c
     m.train()
     nll, n = model.allsum([nll, n])
@@ -365,7 +365,7 @@ def train(m, tok, opt, step, data, args, device, rank, world):
         nll_sum = 0.0
         for mb in micro:
             ids, attn, mask = collate(mb, pad, device)  # (B, T) each
-            nll, _ = batch_nll(m, ids, attn, mask)
+            nll, _ = batch_nll(m, ids, attn, mask, args.bf16)
             (nll * world / n_global).backward()  # the sharded gradients accumulate over the micro-batches
             nll_sum += nll.item()
             tokens += int(attn.sum())
@@ -413,6 +413,7 @@ def main(argv=None):
     state = resume_state(args, world)
     # fp32 weights, read once by rank 0 and broadcast into every rank's shards (on the GPU where there is one)
     m, tok = model.load_sharded(args.model, device, args.grad_checkpointing, args.cpu_offload)
+    args.bf16 = model.cpu_bf16_training(args.model, device)  # a real model's matmuls in bf16 on a CPU
     data = split_data(args, tok, records, state)
     m.train()
     opt = torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay)

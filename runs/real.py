@@ -194,6 +194,109 @@ def rows(args, done, n_kept, n_tora):
     return out
 
 
+# -----------------------------------------------------------------------------
+# --ladder: a real model learns on the toy task (the paper's Table 3, rows T3-T6)
+
+# Sizes, (default, --quick), fixed before the final run (docs/real-models.md lists every run made to choose
+# them). The cold start is short on purpose: 15 steps took SmolLM2 to ~70% and two RL iterations to ~98%,
+# which leaves T4 and T5 nothing to differ by. RL: the toy ladder's shape (8 problems x G 8, 160 tokens) at
+# a real model's learning rate; the step level at Eq. 9's weight w = 1 (rl.py's default).
+LADDER = dict(sft_steps=(10, 2), rl=(["--iterations", "3", "--group-size", "8", "--batch-problems", "8",
+                                     "--max-new-tokens", "160", "--max-refills", "1", "--updates-per-batch", "2",
+                                     "--micro-batch", "8", "--lr", "1e-5", "--nll-alpha", "0.01", "--l-suf", "10"],
+                                    ["--iterations", "1", "--group-size", "2", "--batch-problems", "2",
+                                     "--max-new-tokens", "48", "--max-refills", "0", "--keep-unboxed",
+                                     "--no-dynamic-sampling"]),
+              eval_problems=(64, 2), test_n=(300, 4), test_tokens=(160, 48))
+ROWS = [("T3", "TIRGen cold start (SFT)", "sft", ["--n-corr", "0"]),
+        ("T4", "+ episode-level RL", "t4", ["--n-corr", "0"]),
+        ("T5", "+ step-level RL", "t5", ["--n-corr", "0"]),
+        ("T6", "+ self-correction (N_corr 4)", "t5", ["--n-corr", "4"])]
+STEPS = [("T4", "T3", "episode-level RL"), ("T5", "T4", "step-level RL"), ("T6", "T5", "self-correction"),
+         ("T5", "T3", "hierarchical RL")]
+TEMPERATURE = 0.6
+
+
+def ladder(args):
+    """The stages of --ladder, each in its own process, skipped where stages.json has them. Returns done."""
+    L = {k: v[args.quick] for k, v in LADDER.items()}
+    j = lambda *p: os.path.join(args.out, *p)
+    done = json.load(open(j("stages.json"))) if os.path.exists(j("stages.json")) else {}
+    chat, engine = ["--template", "chat"], ["--engine", args.engine]
+    if "tirgen" not in done:  # the toy actor and critic (the module docstring says why not the real model)
+        for f in ("toy_trajectories.jsonl", "toy_sft.jsonl"):
+            if os.path.exists(j(f)):
+                os.remove(j(f))
+        run("tirgen", ["tirgen.py", "--trajectories", j("toy_trajectories.jsonl"), "--out", j("toy_sft.jsonl"),
+                       "--seed", str(args.seed)], args, done)
+    if "sft" not in done:  # T3: the toy TIRGen trajectories in the model's chat template
+        run("sft", ["sft.py", "--data", j("toy_sft.jsonl"), "--model", args.model, "--out", j("sft"), *chat,
+                    "--lr", "2e-5", "--warmup", "0", "--batch-size", "8", "--max-steps", str(L["sft_steps"]),
+                    "--heldout", "0.02", "--eval-every", "0", "--eval-n", "0", "--threads", str(args.threads),
+                    "--seed", str(args.seed)], args, done)
+    train, test = (os.path.join(ROOT, "data", f) for f in ("toy_train.jsonl", "toy_test1000.jsonl"))
+    with open(test) as f, open(j("test.jsonl"), "w") as g:
+        g.writelines(f.readlines()[:L["test_n"]])
+    for s in args.seeds:
+        os.makedirs(j(f"s{s}"), exist_ok=True)
+        for name, flags in [("t4", ["--no-step-level"]), ("t5", [])]:  # same seed and budget (Table 3)
+            if f"s{s}/{name}" not in done:
+                run(f"s{s}/{name}", ["rl.py", "--model", j("sft"), "--data", train, "--out", j(f"s{s}", name),
+                                     *chat, *engine, *L["rl"], "--eval-data", j("test.jsonl"),
+                                     "--eval-problems", str(L["eval_problems"]), "--eval-every", "1",
+                                     "--threads", str(args.threads), "--seed", str(s), *flags], args, done)
+        for row, _, src, extra in ROWS:  # every row on the same problems, at the same temperature and seed
+            if f"s{s}/{row}" not in done:
+                preds = j(f"s{s}", f"{row}.jsonl")
+                if os.path.exists(preds):
+                    os.remove(preds)
+                run(f"s{s}/{row}", ["infer.py", "--model", j("sft") if src == "sft" else j(f"s{s}", src), "--data",
+                                    j("test.jsonl"), "--out", preds, *chat, *engine, "--temperature", str(TEMPERATURE),
+                                    "--max-new-tokens", str(L["test_tokens"]), "--batch", str(L["test_n"]),
+                                    "--seed", str(s), *extra], args, done)
+    return done
+
+
+def ladder_table(args, done):
+    """Markdown: each row's accuracy and tool-call success with 95% intervals, each step's paired difference
+    (runs/ladder.py's bootstrap: seeds, then problems within a seed), every stage's time and peak RSS."""
+    import ladder as toy_ladder  # runs/ladder.py: the same intervals as the toy ladder's
+    results = {s: {f"{row}@{TEMPERATURE}": (None, sorted(jsonl(os.path.join(args.out, f"s{s}", f"{row}.jsonl")),
+                                                          key=lambda r: r["id"]))
+                   for row, *_ in ROWS} for s in args.seeds}
+    answers = lambda row: [p for s in args.seeds for p in results[s][f"{row}@{TEMPERATURE}"][1]]
+    n = len(results[args.seeds[0]][f"T3@{TEMPERATURE}"][1])
+    ci = lambda v, lo, hi, sign="": f"{v:{sign}.1f} [{lo:{sign}.1f}, {hi:{sign}.1f}]"
+    lines = [f"{os.path.basename(args.model.rstrip('/'))} on the toy task, --engine {args.engine}, seed(s) "
+             f"{', '.join(map(str, args.seeds))}: {n} held-out problems (data/toy_test1000.jsonl), one answer each "
+             f"at T = {TEMPERATURE}; [95% interval]", "",
+             "| row | accuracy % | tool-call success % | calls/answer | tokens/answer |", "|---|---:|---:|---:|---:|"]
+    for row, name, *_ in ROWS:
+        preds = answers(row)
+        tool = ("-" if not sum(p["tool_calls"] for p in preds) else
+                ci(*toy_ladder.interval(results, args.seeds, TEMPERATURE, "tool", row)[:3]))
+        lines.append(f"| {row} {name} | {ci(*toy_ladder.interval(results, args.seeds, TEMPERATURE, 'acc', row)[:3])} "
+                     f"| {tool} | {sum(p['tool_calls'] for p in preds) / len(preds):.2f} "
+                     f"| {sum(p['tokens'] for p in preds) / len(preds):.0f} |")
+    lines += ["", "| step | accuracy, points | tool-call success, points |", "|---|---:|---:|"]
+    for row, base, name in STEPS:
+        cells = []
+        for metric in ("acc", "tool"):
+            if metric == "tool" and not sum(p["tool_calls"] for p in answers(row) + answers(base)):
+                cells.append("-")  # neither row made a call
+                continue
+            v, lo, hi, _ = toy_ladder.interval(results, args.seeds, TEMPERATURE, metric, row, base)
+            bold = "**" if lo > 0 or hi < 0 else ""
+            cells.append(f"{bold}{ci(v, lo, hi, '+')}{bold}")
+        lines.append(f"| {row} − {base}, {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Bold: the interval excludes 0.", "", "| stage | wall s | peak RSS MB |", "|---|---:|---:|"]
+    lines += [f"| {k} | {d['seconds']:.0f} | {d['peak_mb']:.0f} |" for k, d in done.items()]
+    lines += ["", f"total {sum(d['seconds'] for d in done.values()) / 60:.1f} min, peak RSS "
+                  f"{max(d['peak_mb'] for d in done.values()):.0f} MB (the largest stage process), "
+                  f"{args.threads} torch thread(s)"]
+    return "\n".join(lines)
+
+
 def cell(v, fmt):
     return "-" if v is None else fmt.format(v)
 
@@ -223,23 +326,36 @@ def main(argv=None):
                    help="instruct model dir with a chat template (default: SmolLM2-135M-Instruct)")
     p.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"),
                    help="folder of the shared JSONL files")
-    p.add_argument("--out", default="out/real",
-                   help="output folder (every stage's files and logs, stages.json, table.md)")
+    p.add_argument("--out", default=None,
+                   help="output folder (every stage's files and logs, stages.json, table.md; "
+                        "default out/real, or out/real-ladder)")
     p.add_argument("--quick", action="store_true", help="a handful of problems per stage: checks the wiring (CI)")
+    p.add_argument("--ladder", action="store_true",
+                   help="instead: the model learns on the toy task, rows T3-T6 (default --out out/real-ladder)")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="--ladder: the rollout and inference sampler")
+    p.add_argument("--seeds", default="0", help="--ladder: comma-separated seeds of RL and sampling (one cold start)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads per stage")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage")
     p.add_argument("--fresh", action="store_true", help="delete --out first")
     args = p.parse_args(argv)
     args.model = os.path.abspath(args.model) if args.model else default_model()
-    args.out, args.data_dir = os.path.abspath(args.out), os.path.abspath(args.data_dir)
-    if not os.path.exists(os.path.join(args.data_dir, "gsm8k_train.jsonl")):
-        raise SystemExit(f"{args.data_dir}: no gsm8k_train.jsonl "
-                         "(pass --data-dir, the folder of the shared data files)")
+    args.out = os.path.abspath(args.out or ("out/real-ladder" if args.ladder else "out/real"))
+    args.data_dir, args.seeds = os.path.abspath(args.data_dir), [int(x) for x in args.seeds.split(",")]
     if args.fresh:
         shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
+    print(f"model {args.model}; logs and files in {args.out}", flush=True)
+    if args.ladder:
+        done = ladder(args)
+        md = ladder_table(args, done)
+        with open(os.path.join(args.out, "ladder.md"), "w") as f:
+            f.write(md + "\n")
+        print(md)
+        return done
+    if not os.path.exists(os.path.join(args.data_dir, "gsm8k_train.jsonl")):
+        raise SystemExit(f"{args.data_dir}: no gsm8k_train.jsonl "
+                         "(pass --data-dir, the folder of the shared data files)")
     S = {k: v[args.quick] for k, v in SIZES.items()}
-    print(f"model {args.model}, data {args.data_dir}; logs and files in {args.out}", flush=True)
     done, n_kept, n_tora = pipeline(args, S)
     md = table(args, done, n_kept, n_tora)
     with open(os.path.join(args.out, "table.md"), "w") as f:

@@ -293,3 +293,26 @@ def test_queued_rows_and_chunks_keep_the_numbers(tiny_dir, sandbox, monkeypatch)
     greedy = [model.rollout(m, tok, prompts, sandbox, n=2, max_new_tokens=budgets, temperature=0,
                             max_rows=w) for w in (6, 4)]
     assert [r.response_ids for r in greedy[0]] == [r.response_ids for r in greedy[1]]
+
+
+def test_cpu_bf16_training_rule_and_autocast(tiny_dir, tmp_path):
+    """The trainer computes in bf16 on a CPU only for a bf16 model dir on a CPU with bf16 kernels (never
+    for the tiny model's fp32 dir, never on a GPU, where FSDP2 does it); under it model.logprobs' matmuls
+    run in bf16 (the values move) while the weights and their gradients stay fp32 and point the same way."""
+    m, tok = model.load(tiny_dir, dtype=torch.float32)
+    assert not model.cpu_bf16_training(tiny_dir, "cpu")
+    bf16_dir = str(tmp_path / "bf16")
+    model.save(m, tok, bf16_dir, dtype=torch.bfloat16)
+    assert model.cpu_bf16_training(bf16_dir, "cpu") == model.cpu_has_bf16()
+    assert not model.cpu_bf16_training(bf16_dir, "cuda")
+    torch.manual_seed(0)
+    ids = torch.randint(0, len(tok), (2, 30))
+    params = list(m.parameters())
+    lp32 = model.logprobs(m, ids)
+    g32 = torch.autograd.grad(lp32.sum(), params)
+    lp16 = model.logprobs(m, ids, bf16=True)
+    g16 = torch.autograd.grad(lp16.sum(), params)
+    assert lp16.dtype == torch.float32 and all(g.dtype == torch.float32 for g in g16)
+    assert not torch.equal(lp16, lp32) and torch.allclose(lp16, lp32, atol=0.1)
+    flat = lambda gs: torch.cat([g.flatten() for g in gs])
+    assert torch.nn.functional.cosine_similarity(flat(g16), flat(g32), dim=0) > 0.99
