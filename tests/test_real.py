@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -196,3 +197,40 @@ def check_quick_outputs(out, done, base_dir):
     table = open(out / "table.md").read()
     for stage in ("tirgen", "sft", "rl", "infer", "eval"):
         assert f"| {stage} |" in table
+
+
+@real_model
+@pytest.mark.slow
+def test_real_ladder_quick(tmp_path):
+    """runs/real.py --ladder --quick: every stage ran once, in order; T3 is the toy TIRGen data in the chat
+    template; each RL run logged held-out accuracy and drew its curves; every row answered the same held-out
+    toy problems; the table reads the prediction files (a row made all right shows a bold difference)."""
+    sys.path.insert(0, os.path.join(ROOT, "runs"))
+    import real
+    out = tmp_path / "ladder"
+    done = real.main(["--ladder", "--quick", "--out", str(out), "--threads", "2"])
+    assert list(done) == ["tirgen", "sft", "s0/t4", "s0/t5", "s0/T3", "s0/T4", "s0/T5", "s0/T6"]
+    assert all(d["seconds"] > 0 and d["peak_mb"] > 100 for d in done.values())
+    records = jsonl(out / "toy_sft.jsonl")
+    assert records and all(r["model"] == "actor=toy critic=toy" and r["correct"] for r in records)
+    for run in ("t4", "t5"):
+        its = jsonl(out / "s0" / run / "log.jsonl")
+        assert [r["iteration"] for r in its] == [0, 1] and all(r["eval_accuracy"] is not None for r in its)
+        assert (out / "s0" / f"{run}_curves.png").stat().st_size > 10_000
+        m, tok = model.load(str(out / "s0" / run))
+        assert "<|im_start|>" in model.build_prompt(tok, "What is 2+3?", "chat")
+    test = [r["id"] for r in jsonl(out / "test.jsonl")]
+    assert test == [r["id"] for r in jsonl(os.path.join(ROOT, "data", "toy_test1000.jsonl"))[:4]]
+    for row in ("T3", "T4", "T5", "T6"):
+        preds = jsonl(out / "s0" / f"{row}.jsonl")
+        assert sorted(p["id"] for p in preds) == sorted(test) and all(isinstance(p["correct"], bool) for p in preds)
+    assert all(p["corrections"] == 0 for row in ("T3", "T4", "T5") for p in jsonl(out / "s0" / f"{row}.jsonl"))
+    table = open(out / "ladder.md").read()
+    assert "| T3 TIRGen cold start (SFT) |" in table and "| T4 − T3, episode-level RL |" in table
+    # the table is computed from the files: T4 made all right (T3 all wrong) is a difference of +100, in bold
+    for row, ok in (("T3", False), ("T4", True)):
+        preds = jsonl(out / "s0" / f"{row}.jsonl")
+        with open(out / "s0" / f"{row}.jsonl", "w") as f:
+            f.writelines(json.dumps(dict(p, correct=ok)) + "\n" for p in preds)
+    args = SimpleNamespace(model=real.SMOLLM2, out=str(out), engine="hf", seeds=[0], threads=2)
+    assert "| T4 − T3, episode-level RL | **+100.0 [+100.0, +100.0]** |" in real.ladder_table(args, done)
