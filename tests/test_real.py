@@ -217,9 +217,9 @@ def test_real_ladder_quick(tmp_path):
         its = jsonl(out / "s0" / run / "log.jsonl")
         assert [r["iteration"] for r in its] == [0, 1] and all(r["eval_accuracy"] is not None for r in its)
         assert (out / "s0" / f"{run}_curves.png").stat().st_size > 10_000
-    assert (out / "curves.png").stat().st_size > 10_000
         m, tok = model.load(str(out / "s0" / run))
         assert "<|im_start|>" in model.build_prompt(tok, "What is 2+3?", "chat")
+    assert (out / "curves.png").stat().st_size > 10_000
     test = [r["id"] for r in jsonl(out / "test.jsonl")]
     assert test == [r["id"] for r in jsonl(os.path.join(ROOT, "data", "toy_test1000.jsonl"))[:4]]
     for row in ("T3", "T4", "T5", "T6"):
