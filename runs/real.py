@@ -55,6 +55,8 @@ import subprocess
 import sys
 import time
 
+import ladder as toy_ladder  # runs/ladder.py: the ladder's steps and its paired bootstrap
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOLLM2 = "out/smollm2"
 # Sizes: (default, --quick). TIRGen problems are split between gsm8k_train and math_train.
@@ -232,8 +234,7 @@ ROWS = [("T3", "TIRGen cold start (SFT)", "sft", ["--n-corr", "0"]),
         ("T4", "+ episode-level RL", "t4", ["--n-corr", "0"]),
         ("T5", "+ step-level RL", "t5", ["--n-corr", "0"]),
         ("T6", "+ self-correction (N_corr 4)", "t5", ["--n-corr", "4"])]
-STEPS = [("T4", "T3", "episode-level RL"), ("T5", "T4", "step-level RL"), ("T6", "T5", "self-correction"),
-         ("T5", "T3", "hierarchical RL")]
+STEPS = [st for st in toy_ladder.STEPS if "T1" not in st[:2]]  # the toy ladder's steps from T3 on
 TEMPERATURE = 0.6
 
 
@@ -302,7 +303,6 @@ def ladder_curves(args, png):
 def ladder_table(args, done):
     """Markdown: each row's accuracy and tool-call success with 95% intervals, each step's paired difference
     (runs/ladder.py's bootstrap: seeds, then problems within a seed), every stage's time and peak RSS."""
-    import ladder as toy_ladder  # runs/ladder.py: the same intervals as the toy ladder's
     results = {s: {f"{row}@{TEMPERATURE}": (None, sorted(jsonl(os.path.join(args.out, f"s{s}", f"{row}.jsonl")),
                                                           key=lambda r: r["id"]))
                    for row, *_ in ROWS} for s in args.seeds}
